@@ -1,0 +1,264 @@
+//! Parsed JSONPaths with their root document.
+
+use jsonpath_rust::parser::model::JpQuery;
+use jsonpath_rust::parser::parse_json_path;
+use jsonpath_rust::query::js_path_process;
+use serde_json::Value;
+use std::fmt;
+
+/// The documents a rule can read. A path's first segment names one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Root {
+    /// The governed resource.
+    Resource,
+    /// The execution object, `null` when there is none.
+    Execution,
+    /// Whether the execution object is ours (boolean).
+    Owned,
+    /// Related objects, by name: lists of `{ref, object}`.
+    Related,
+    /// The error of the last action on the execution object, if any.
+    Error,
+    /// The first failed validation rule as `{rule, message}`, if any.
+    Validation,
+    /// Computed values.
+    Values,
+    /// Settings.
+    Settings,
+    /// The current phase (string).
+    Phase,
+    /// The current time (RFC 3339 string).
+    Now,
+    /// Identity of the execution object the rules would create: `{apiVersion, kind, name, namespace}`.
+    Object,
+}
+
+impl Root {
+    /// Every root, in documentation order.
+    pub const ALL: [Root; 11] = [
+        Root::Resource,
+        Root::Execution,
+        Root::Owned,
+        Root::Related,
+        Root::Error,
+        Root::Validation,
+        Root::Values,
+        Root::Settings,
+        Root::Phase,
+        Root::Now,
+        Root::Object,
+    ];
+
+    /// The name used in paths and templates.
+    pub fn name(self) -> &'static str {
+        match self {
+            Root::Resource => "resource",
+            Root::Execution => "execution",
+            Root::Owned => "owned",
+            Root::Related => "related",
+            Root::Error => "error",
+            Root::Validation => "validation",
+            Root::Values => "values",
+            Root::Settings => "settings",
+            Root::Phase => "phase",
+            Root::Now => "now",
+            Root::Object => "object",
+        }
+    }
+
+    /// The root with this name.
+    pub fn from_name(name: &str) -> Option<Root> {
+        Root::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+/// Why a path was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// Not valid RFC 9535 syntax.
+    #[error("invalid JSONPath `{path}`: {reason}")]
+    Syntax {
+        /// The path as written.
+        path: String,
+        /// The parser's explanation.
+        reason: String,
+    },
+    /// The first segment does not name a document.
+    #[error(
+        "JSONPath `{0}` must start with `$.` followed by one of: resource, execution, owned, related, error, validation, values, settings, phase, now, object"
+    )]
+    UnknownRoot(String),
+}
+
+/// A parsed JSONPath. In rooted form the first segment was split off as [`Root`].
+#[derive(Clone)]
+pub struct Path {
+    source: String,
+    root: Option<Root>,
+    /// Name of the second segment when it is a plain name (`$.values.NAME`), for dependencies.
+    second: Option<String>,
+    query: JpQuery,
+}
+
+impl fmt::Debug for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Path({})", self.source)
+    }
+}
+
+impl Path {
+    /// Parses a path whose first segment names a document (`$.resource.spec`).
+    pub fn rooted(source: &str) -> Result<Path, PathError> {
+        let query = parse(source)?;
+        let (root_name, rest) =
+            split_first(source).ok_or_else(|| PathError::UnknownRoot(source.to_string()))?;
+        let root = Root::from_name(&root_name)
+            .ok_or_else(|| PathError::UnknownRoot(source.to_string()))?;
+        let rest_query = parse(&format!("${rest}")).map_err(|_| PathError::Syntax {
+            path: source.to_string(),
+            reason: "the path after its first segment is not valid".into(),
+        })?;
+        drop(query);
+        let second = split_first(&format!("${rest}")).map(|(n, _)| n);
+        Ok(Path {
+            source: source.to_string(),
+            root: Some(root),
+            second,
+            query: rest_query,
+        })
+    }
+
+    /// Parses a path relative to an item (`$` is the item).
+    pub fn relative(source: &str) -> Result<Path, PathError> {
+        Ok(Path {
+            source: source.to_string(),
+            root: None,
+            second: None,
+            query: parse(source)?,
+        })
+    }
+
+    /// The path as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The document this path reads, for rooted paths.
+    pub fn root(&self) -> Option<Root> {
+        self.root
+    }
+
+    /// The first name after the root (`NAME` in `$.values.NAME`), when it is a plain name.
+    pub fn key(&self) -> Option<&str> {
+        self.second.as_deref()
+    }
+
+    /// Every node the path selects in `doc` (the root document, or the item for relative paths).
+    pub fn select<'a>(&self, doc: &'a Value) -> Vec<&'a Value> {
+        // Evaluation of a parsed query over plain JSON cannot fail in a way that matters to a
+        // rule: a failure means "nothing selected".
+        js_path_process(&self.query, doc)
+            .map(|refs| refs.into_iter().map(|r| r.val()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The first node the path selects, if any.
+    pub fn first<'a>(&self, doc: &'a Value) -> Option<&'a Value> {
+        self.select(doc).into_iter().next()
+    }
+}
+
+fn parse(source: &str) -> Result<JpQuery, PathError> {
+    parse_json_path(source).map_err(|e| PathError::Syntax {
+        path: source.to_string(),
+        reason: first_line(&e.to_string()),
+    })
+}
+
+fn first_line(s: &str) -> String {
+    // pest errors span several lines with ASCII art; keep them readable in one line.
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| "|^-=".contains(c) || c == ' '))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Splits `$.name…` or `$['name']…` into the name and the remainder after it.
+fn split_first(source: &str) -> Option<(String, String)> {
+    let s = source.trim();
+    let after = s.strip_prefix('$')?;
+    if let Some(rest) = after.strip_prefix('.') {
+        let end = rest
+            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-'))
+            .unwrap_or(rest.len());
+        if end == 0 {
+            return None;
+        }
+        return Some((rest[..end].to_string(), rest[end..].to_string()));
+    }
+    for quote in ['\'', '"'] {
+        let prefix = format!("[{quote}");
+        if let Some(rest) = after.strip_prefix(prefix.as_str()) {
+            let close = format!("{quote}]");
+            let end = rest.find(close.as_str())?;
+            return Some((rest[..end].to_string(), rest[end + 2..].to_string()));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rooted_paths_split_their_document() {
+        let p = Path::rooted("$.resource.spec.targetResource").unwrap();
+        assert_eq!(p.root(), Some(Root::Resource));
+        assert_eq!(p.key(), Some("spec"));
+        let doc = json!({"spec": {"targetResource": "a/b"}});
+        assert_eq!(p.first(&doc), Some(&json!("a/b")));
+    }
+
+    #[test]
+    fn bracket_roots_and_filters_work() {
+        let p = Path::rooted("$['execution'].status.conditions[?@.type == 'Succeeded'].status")
+            .unwrap();
+        assert_eq!(p.root(), Some(Root::Execution));
+        let doc = json!({"status": {"conditions": [
+            {"type": "Ready", "status": "False"},
+            {"type": "Succeeded", "status": "True"}]}});
+        assert_eq!(p.first(&doc), Some(&json!("True")));
+    }
+
+    #[test]
+    fn whole_root_selects_the_document() {
+        let p = Path::rooted("$.execution").unwrap();
+        assert_eq!(p.first(&json!({"a": 1})), Some(&json!({"a": 1})));
+        assert_eq!(p.key(), None);
+    }
+
+    #[test]
+    fn unknown_roots_and_bad_syntax_are_rejected() {
+        assert!(matches!(
+            Path::rooted("$.spec.x"),
+            Err(PathError::UnknownRoot(_))
+        ));
+        assert!(matches!(Path::rooted("$"), Err(PathError::UnknownRoot(_))));
+        let err = Path::rooted("$.resource.spec[").unwrap_err();
+        assert!(matches!(err, PathError::Syntax { .. }), "{err}");
+        assert!(!err.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn relative_paths_read_the_item() {
+        let p = Path::relative("$.terminated.exitCode").unwrap();
+        assert_eq!(
+            p.first(&json!({"terminated": {"exitCode": 137}})),
+            Some(&json!(137))
+        );
+        assert_eq!(p.first(&json!({})), None);
+    }
+}

@@ -1,0 +1,10 @@
+//! lifecycle-engine: a Kubernetes controller whose behaviour lives in a rules file.
+//!
+//! The crate is a pure core and a thin shell. [`rules`] loads and checks `lifecycle.yaml`,
+//! [`expr`] and [`render`] evaluate its paths and templates, and [`engine::decide`] turns rules
+//! plus an observation into a decision. Only the Kubernetes shell talks to the API server.
+
+pub mod expr;
+pub mod render;
+pub mod rules;
+pub mod time;

@@ -1,0 +1,409 @@
+//! Templates: the minijinja environment, its filters, and templated values.
+//!
+//! Every template and expression in the rules is compiled once, when the rules load, into one
+//! [`Templates`] set and referred to by id afterwards. Rendering is strict: an undefined value
+//! that is printed or iterated is an error (truthiness checks are allowed, so `{% if x %}` works
+//! on optional fields), output is capped in size, and templates run with a fuel budget. The
+//! environment has no loader: templates can include only the files loaded with the rules, and
+//! nothing can read files or the environment.
+//!
+//! A template whose whole text is a single `{{ expression }}` keeps the expression's type
+//! (numbers stay numbers, `none` stays null); any other template renders to a string.
+
+mod filters;
+
+use minijinja::{Environment, UndefinedBehavior, Value as JValue};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::io::Write;
+
+/// Largest output one template may produce.
+pub const MAX_OUTPUT_BYTES: usize = 512 * 1024;
+/// Instruction budget of one template evaluation.
+pub const FUEL: u64 = 2_000_000;
+
+/// Names of the functions the environment provides (not variables of the context).
+pub const FUNCTIONS: &[&str] = &[
+    "timestamp",
+    "duration",
+    "condition",
+    "range",
+    "dict",
+    "namespace",
+    "debug",
+];
+
+/// A compiled template-or-literal, by id into [`Templates`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Tmpl {
+    /// A literal value, no template involved.
+    Literal(Value),
+    /// A text template, renders to a string.
+    Text(usize),
+    /// A single expression, keeps its type.
+    Expr(usize),
+}
+
+/// A template failed to compile or to render.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct RenderError {
+    /// What went wrong, with the template's name and line when known.
+    pub message: String,
+    /// Line inside the template (1-based), when known.
+    pub line: Option<usize>,
+}
+
+impl RenderError {
+    fn from_jinja(e: &minijinja::Error) -> RenderError {
+        let mut message = e
+            .detail()
+            .map_or_else(|| e.kind().to_string(), |d| format!("{}: {d}", e.kind()));
+        if let Some(name) = e.name()
+            && !name.starts_with('@')
+        {
+            message = format!(
+                "{message} (in {name}{})",
+                e.line().map_or(String::new(), |l| format!(" line {l}"))
+            );
+        }
+        RenderError {
+            message,
+            line: e.line(),
+        }
+    }
+}
+
+/// Every template of one rule set.
+pub struct Templates {
+    env: Environment<'static>,
+    names: Vec<String>,
+    keys: Vec<String>,
+    typed: Vec<bool>,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Templates({} compiled)", self.names.len())
+    }
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Templates {
+    /// An empty set with the rules' filters and functions.
+    pub fn new() -> Templates {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
+        env.set_keep_trailing_newline(true);
+        env.set_fuel(Some(FUEL));
+        env.set_recursion_limit(64);
+        filters::register(&mut env);
+        Templates {
+            env,
+            names: Vec::new(),
+            keys: Vec::new(),
+            typed: Vec::new(),
+        }
+    }
+
+    /// Adds a template file (e.g. from `templates/`) under its file name, so that other
+    /// templates can include it and the rules can refer to it.
+    pub fn add_file(&mut self, name: &str, source: String) -> Result<usize, RenderError> {
+        self.env
+            .add_template_owned(name.to_string(), source)
+            .map_err(|e| RenderError::from_jinja(&e))?;
+        self.names.push(name.to_string());
+        self.keys.push(name.to_string());
+        self.typed.push(false);
+        Ok(self.names.len() - 1)
+    }
+
+    /// Id of a template file added with [`Templates::add_file`].
+    pub fn file_id(&self, name: &str) -> Option<usize> {
+        self.keys.iter().position(|k| k == name)
+    }
+
+    /// Compiles a text-or-expression template. `name` is where it comes from, for messages.
+    pub fn compile(&mut self, name: &str, source: &str) -> Result<Tmpl, RenderError> {
+        if !source.contains("{{") && !source.contains("{%") && !source.contains("{#") {
+            return Ok(Tmpl::Literal(Value::String(source.to_string())));
+        }
+        if let Some(expr) = single_expression(source) {
+            return self.compile_expr(name, expr).map(Tmpl::Expr);
+        }
+        self.add(name, source.to_string(), false).map(Tmpl::Text)
+    }
+
+    /// Compiles an expression (without braces), keeping its result's type.
+    pub fn compile_expr(&mut self, name: &str, expr: &str) -> Result<usize, RenderError> {
+        // `{% set %}` then reading the variable back gives the typed result of the expression.
+        let source = format!("{{% set __result = ({expr}\n) %}}");
+        self.add(name, source, true)
+    }
+
+    /// Compiles a literal-or-template JSON value: strings are templates, others literals.
+    pub fn compile_value(&mut self, name: &str, value: &Value) -> Result<Tmpl, RenderError> {
+        match value {
+            Value::String(s) => self.compile(name, s),
+            other => Ok(Tmpl::Literal(other.clone())),
+        }
+    }
+
+    fn add(&mut self, name: &str, source: String, typed: bool) -> Result<usize, RenderError> {
+        let id = self.names.len();
+        let key = format!("@{id}");
+        self.env
+            .add_template_owned(key, source)
+            .map_err(|e| located(name, &e))?;
+        self.names.push(name.to_string());
+        self.keys.push(format!("@{id}"));
+        self.typed.push(typed);
+        Ok(id)
+    }
+
+    /// Where template `id` came from.
+    pub fn name(&self, id: usize) -> &str {
+        &self.names[id]
+    }
+
+    /// Variables template `id` reads from its context, as dotted paths (`values.reason`).
+    pub fn variables(&self, id: usize) -> BTreeSet<String> {
+        self.template(id)
+            .map(|t| t.undeclared_variables(true).into_iter().collect::<Vec<String>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v: &String| v != "__result")
+            .collect()
+    }
+
+    fn template(&self, id: usize) -> Option<minijinja::Template<'_, '_>> {
+        self.env.get_template(self.keys.get(id)?).ok()
+    }
+
+    /// Renders template `id` to text.
+    pub fn render_text(&self, id: usize, ctx: &JValue) -> Result<String, RenderError> {
+        let t = self.template(id).ok_or_else(|| RenderError {
+            message: format!("template {} is not loaded", self.names[id]),
+            line: None,
+        })?;
+        let mut out = Limited {
+            buf: Vec::new(),
+            limit: MAX_OUTPUT_BYTES,
+        };
+        t.render_captured_to(ctx, &mut out).map_err(|e| {
+            if out.buf.len() >= MAX_OUTPUT_BYTES {
+                RenderError {
+                    message: format!(
+                        "output of {} exceeds the limit of {} bytes",
+                        self.names[id], MAX_OUTPUT_BYTES
+                    ),
+                    line: None,
+                }
+            } else {
+                with_name(&self.names[id], &e)
+            }
+        })?;
+        String::from_utf8(out.buf).map_err(|_| RenderError {
+            message: format!("output of {} is not UTF-8", self.names[id]),
+            line: None,
+        })
+    }
+
+    /// Evaluates template `id` to a value: typed for expressions, a string for text.
+    pub fn eval(&self, id: usize, ctx: &JValue) -> Result<Value, RenderError> {
+        if !self.typed[id] {
+            return self.render_text(id, ctx).map(Value::String);
+        }
+        Ok(to_json(&self.eval_jinja(id, ctx)?))
+    }
+
+    /// Evaluates expression template `id` to a template value (for truthiness tests).
+    pub fn eval_jinja(&self, id: usize, ctx: &JValue) -> Result<JValue, RenderError> {
+        let t = self.template(id).ok_or_else(|| RenderError {
+            message: format!("template {} is not loaded", self.names[id]),
+            line: None,
+        })?;
+        let captured = t
+            .render_captured(ctx)
+            .map_err(|e| with_name(&self.names[id], &e))?;
+        Ok(captured
+            .state()
+            .lookup("__result")
+            .unwrap_or(JValue::UNDEFINED))
+    }
+
+    /// Evaluates a [`Tmpl`].
+    pub fn value(&self, t: &Tmpl, ctx: &JValue) -> Result<Value, RenderError> {
+        match t {
+            Tmpl::Literal(v) => Ok(v.clone()),
+            Tmpl::Text(id) | Tmpl::Expr(id) => self.eval(*id, ctx),
+        }
+    }
+
+    /// Evaluates a [`Tmpl`] to text (`null` becomes an empty string; other non-strings their JSON).
+    pub fn text(&self, t: &Tmpl, ctx: &JValue) -> Result<String, RenderError> {
+        Ok(match self.value(t, ctx)? {
+            Value::String(s) => s,
+            Value::Null => String::new(),
+            other => other.to_string(),
+        })
+    }
+}
+
+/// Converts a template value to JSON; undefined becomes null.
+pub fn to_json(v: &JValue) -> Value {
+    if v.is_undefined() {
+        return Value::Null;
+    }
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+fn with_name(name: &str, e: &minijinja::Error) -> RenderError {
+    let mut r = RenderError::from_jinja(e);
+    if !r.message.contains(name) {
+        r.message = format!("{} (in {name})", r.message);
+    }
+    r
+}
+
+fn located(name: &str, e: &minijinja::Error) -> RenderError {
+    let mut r = RenderError::from_jinja(e);
+    r.message = format!("{} (in {name})", r.message);
+    r
+}
+
+/// The expression inside `{{ … }}` when that is the template's whole text.
+fn single_expression(source: &str) -> Option<&str> {
+    let inner = source.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+    let inner = inner.strip_prefix('-').unwrap_or(inner);
+    let inner = inner.strip_suffix('-').unwrap_or(inner);
+    if inner.contains("{{") || inner.contains("}}") || inner.contains("{%") {
+        return None;
+    }
+    Some(inner.trim())
+}
+
+struct Limited {
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+impl Write for Limited {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > self.limit {
+            self.buf.resize(self.limit, 0);
+            return Err(std::io::Error::other("output limit exceeded"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use minijinja::context;
+    use serde_json::json;
+
+    fn ctx() -> JValue {
+        context! {
+            resource => JValue::from_serialize(json!({"spec": {"n": 3, "target": "default/deployment/nginx", "params": {"B": "2", "A": "x=1\ny"}}})),
+            values => JValue::from_serialize(json!({"missing": null})),
+        }
+    }
+
+    #[test]
+    fn single_expressions_keep_their_type() {
+        let mut t = Templates::new();
+        let n = t.compile("n", "{{ resource.spec.n + 1 }}").unwrap();
+        assert!(matches!(n, Tmpl::Expr(_)));
+        assert_eq!(t.value(&n, &ctx()).unwrap(), json!(4));
+        let none = t.compile("none", "{{ values.missing }}").unwrap();
+        assert_eq!(t.value(&none, &ctx()).unwrap(), Value::Null);
+        let text = t.compile("text", "n={{ resource.spec.n }}").unwrap();
+        assert_eq!(t.value(&text, &ctx()).unwrap(), json!("n=3"));
+        let lit = t.compile("lit", "plain").unwrap();
+        assert_eq!(lit, Tmpl::Literal(json!("plain")));
+    }
+
+    #[test]
+    fn undefined_values_fail_when_printed_but_not_when_tested() {
+        let mut t = Templates::new();
+        let bad = t.compile("bad", "x {{ resource.spec.nope }}").unwrap();
+        let err = t.value(&bad, &ctx()).unwrap_err();
+        assert!(err.message.contains("undefined"), "{}", err.message);
+        assert!(err.message.contains("bad"), "{}", err.message);
+        let ok = t
+            .compile(
+                "ok",
+                "{% if resource.spec.nope %}yes{% else %}no{% endif %}",
+            )
+            .unwrap();
+        assert_eq!(t.value(&ok, &ctx()).unwrap(), json!("no"));
+    }
+
+    #[test]
+    fn syntax_errors_name_the_template_and_line() {
+        let mut t = Templates::new();
+        let err = t
+            .compile("phases.X.status.y", "a\n{{ oops( }}")
+            .unwrap_err();
+        assert!(err.message.contains("phases.X.status.y"), "{}", err.message);
+        assert_eq!(err.line, Some(2));
+    }
+
+    #[test]
+    fn variables_are_listed() {
+        let mut t = Templates::new();
+        let Tmpl::Text(id) = t
+            .compile("v", "{{ values.reason }} {{ resource.spec.n }}")
+            .unwrap()
+        else {
+            panic!("text expected")
+        };
+        let vars = t.variables(id);
+        assert!(vars.contains("values.reason"), "{vars:?}");
+        assert!(vars.iter().any(|v| v.starts_with("resource")), "{vars:?}");
+    }
+
+    #[test]
+    fn output_is_capped() {
+        let mut t = Templates::new();
+        let big = t
+            .compile("big", "{% for i in range(1000) %}{% for j in range(100) %}0123456789{% endfor %}{% endfor %}")
+            .unwrap();
+        let err = t.value(&big, &ctx()).unwrap_err();
+        assert!(
+            err.message.contains("limit") || err.message.contains("fuel"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn infinite_work_runs_out_of_fuel() {
+        let mut t = Templates::new();
+        let busy = t
+            .compile(
+                "busy",
+                "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            )
+            .unwrap();
+        assert!(t.value(&busy, &ctx()).is_err());
+    }
+
+    #[test]
+    fn trailing_newlines_are_kept() {
+        let mut t = Templates::new();
+        let s = t.compile("s", "a {{ resource.spec.n }}\n").unwrap();
+        assert_eq!(t.value(&s, &ctx()).unwrap(), json!("a 3\n"));
+    }
+}
