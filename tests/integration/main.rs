@@ -1,0 +1,7 @@
+//! The integration tests: one test binary, run against a real kube-apiserver and etcd. See
+//! `support` for how the control plane is found or started, and docs/testing.md.
+
+mod smoke;
+// Some helpers are there for tests still to come.
+#[allow(dead_code)]
+mod support;
