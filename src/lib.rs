@@ -4,7 +4,11 @@
 //! [`expr`] and [`render`] evaluate its paths and templates, and [`engine::decide`] turns rules
 //! plus an observation into a decision. Only the Kubernetes shell talks to the API server.
 
+pub mod cli;
+pub mod engine;
 pub mod expr;
 pub mod render;
 pub mod rules;
+pub mod scenario;
+pub mod simulate;
 pub mod time;

@@ -12,4 +12,4 @@ mod path;
 mod predicate;
 
 pub use path::{Path, PathError, Root};
-pub use predicate::{Env, Pred, PredError};
+pub use predicate::{Env, Pred, PredError, loose_eq};

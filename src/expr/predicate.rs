@@ -134,7 +134,7 @@ fn first<'a>(env: &'a dyn Env, path: &Path, item: Option<&'a Value>) -> Option<&
 
 /// Equality that treats numbers by value (`1` equals `1.0`) and compares a string with a
 /// number or boolean by its text, since YAML authors write `value: "0"` and `value: 0` alike.
-pub(crate) fn loose_eq(a: &Value, b: &Value) -> bool {
+pub fn loose_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
         (Value::String(s), Value::Number(n)) | (Value::Number(n), Value::String(s)) => {

@@ -80,6 +80,8 @@ pub struct Templates {
     names: Vec<String>,
     keys: Vec<String>,
     typed: Vec<bool>,
+    /// Names of the files each template includes.
+    includes: Vec<Vec<String>>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -108,18 +110,21 @@ impl Templates {
             names: Vec::new(),
             keys: Vec::new(),
             typed: Vec::new(),
+            includes: Vec::new(),
         }
     }
 
     /// Adds a template file (e.g. from `templates/`) under its file name, so that other
     /// templates can include it and the rules can refer to it.
     pub fn add_file(&mut self, name: &str, source: String) -> Result<usize, RenderError> {
+        let includes = included_files(&source);
         self.env
             .add_template_owned(name.to_string(), source)
             .map_err(|e| RenderError::from_jinja(&e))?;
         self.names.push(name.to_string());
         self.keys.push(name.to_string());
         self.typed.push(false);
+        self.includes.push(includes);
         Ok(self.names.len() - 1)
     }
 
@@ -157,12 +162,14 @@ impl Templates {
     fn add(&mut self, name: &str, source: String, typed: bool) -> Result<usize, RenderError> {
         let id = self.names.len();
         let key = format!("@{id}");
+        let includes = included_files(&source);
         self.env
             .add_template_owned(key, source)
             .map_err(|e| located(name, &e))?;
         self.names.push(name.to_string());
         self.keys.push(format!("@{id}"));
         self.typed.push(typed);
+        self.includes.push(includes);
         Ok(id)
     }
 
@@ -171,13 +178,40 @@ impl Templates {
         &self.names[id]
     }
 
-    /// Variables template `id` reads from its context, as dotted paths (`values.reason`).
+    /// Variables template `id` reads from its context, as dotted paths (`values.reason`),
+    /// including those of the files it includes.
     pub fn variables(&self, id: usize) -> BTreeSet<String> {
-        self.template(id)
-            .map(|t| t.undeclared_variables(true).into_iter().collect::<Vec<String>>())
-            .unwrap_or_default()
+        let mut out = BTreeSet::new();
+        let mut todo = vec![id];
+        let mut seen = BTreeSet::new();
+        while let Some(i) = todo.pop() {
+            if !seen.insert(i) {
+                continue;
+            }
+            if let Some(t) = self.template(i) {
+                out.extend(
+                    t.undeclared_variables(true)
+                        .into_iter()
+                        .filter(|v| v != "__result"),
+                );
+            }
+            for name in self.includes.get(i).into_iter().flatten() {
+                if let Some(j) = self.file_id(name) {
+                    todo.push(j);
+                }
+            }
+        }
+        out
+    }
+
+    /// Names of files template `id` includes that are not loaded.
+    pub fn missing_includes(&self, id: usize) -> Vec<String> {
+        self.includes
+            .get(id)
             .into_iter()
-            .filter(|v: &String| v != "__result")
+            .flatten()
+            .filter(|n| self.file_id(n).is_none())
+            .cloned()
             .collect()
     }
 
@@ -275,6 +309,22 @@ fn located(name: &str, e: &minijinja::Error) -> RenderError {
     let mut r = RenderError::from_jinja(e);
     r.message = format!("{} (in {name})", r.message);
     r
+}
+
+/// Files named by `{% include '…' %}` in a template's source.
+fn included_files(source: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = source;
+    while let Some(i) = rest.find("include") {
+        rest = &rest[i + "include".len()..];
+        let trimmed = rest.trim_start();
+        if let Some(q) = trimmed.chars().next().filter(|c| *c == '"' || *c == '\'')
+            && let Some(end) = trimmed[1..].find(q)
+        {
+            out.push(trimmed[1..1 + end].to_string());
+        }
+    }
+    out
 }
 
 /// The expression inside `{{ … }}` when that is the template's whole text.

@@ -22,13 +22,6 @@ pub struct Deps {
     pub related: BTreeSet<usize>,
 }
 
-impl Deps {
-    fn extend(&mut self, other: &Deps) {
-        self.values.extend(other.values.iter().copied());
-        self.related.extend(other.related.iter().copied());
-    }
-}
-
 /// The governed resource.
 #[derive(Debug, Clone)]
 pub struct ResourceRules {
@@ -303,6 +296,24 @@ pub struct AuditRules {
     pub record: Option<TmplTree>,
 }
 
+/// A simulated change to the execution object.
+#[derive(Debug, Clone)]
+pub struct SimChange {
+    /// Status merge patch.
+    pub status: Option<TmplTree>,
+    /// Objects that appear.
+    pub objects: Vec<TmplTree>,
+}
+
+/// How the execution object behaves in simulations.
+#[derive(Debug, Clone)]
+pub struct SimRules {
+    /// Applied after creation.
+    pub started: Option<SimChange>,
+    /// Named outcomes.
+    pub outcomes: Vec<(String, SimChange)>,
+}
+
 /// Where a template is used, to decide which variables it may read.
 #[derive(Clone, Copy, PartialEq)]
 enum Scope {
@@ -312,6 +323,8 @@ enum Scope {
     Action,
     /// Inside a `where` filter: `item` allowed.
     Item,
+    /// Simulation changes: `outcome` allowed.
+    Sim,
 }
 
 struct Compiler<'a> {
@@ -499,6 +512,7 @@ impl Compiler<'_> {
             "onDelete",
             "audit",
             "metrics",
+            "simulation",
         ];
         for k in top.keys() {
             let name = k.as_str().unwrap_or("");
@@ -550,6 +564,11 @@ impl Compiler<'_> {
         });
         let on_delete = get("onDelete").and_then(|v| {
             let r = self.de(v, &root.key("onDelete"));
+            ok &= r.is_some();
+            r
+        });
+        let simulation = get("simulation").and_then(|v| {
+            let r = self.de(v, &root.key("simulation"));
             ok &= r.is_some();
             r
         });
@@ -605,6 +624,7 @@ impl Compiler<'_> {
             on_delete,
             audit,
             metrics,
+            simulation,
         })
     }
 
@@ -937,14 +957,12 @@ impl Compiler<'_> {
     ) -> ActionRules {
         let mut out = ActionRules::default();
         let var_names: BTreeSet<String> = own.vars.keys().cloned().collect();
+        let mut earlier = BTreeSet::new();
         for (k, v) in own.vars {
-            let t = self.value_tmpl(
-                &at.key("vars").key(k),
-                v,
-                Scope::Action,
-                Some(&BTreeSet::new()),
-            );
+            // a variable may read the ones declared before it
+            let t = self.value_tmpl(&at.key("vars").key(k), v, Scope::Action, Some(&earlier));
             out.vars.push((k.clone(), t));
+            earlier.insert(k.clone());
         }
         // shared blocks first, then this block's own effects
         for (i, name) in own.uses.iter().enumerate() {
@@ -1485,6 +1503,18 @@ impl Compiler<'_> {
             },
         };
 
+        let simulation = raw.simulation.as_ref().map(|sim| {
+            let at = root.key("simulation");
+            let change = |c: &mut Self, at: DocPath, ch: &SimulatedChange| SimChange {
+                status: ch.status.as_ref().map(|s| c.tree(&at.key("status"), s, Scope::Sim, None)),
+                objects: ch.objects.iter().enumerate().map(|(i, o)| c.tree(&at.key("objects").index(i), o, Scope::Sim, None)).collect(),
+            };
+            SimRules {
+                started: sim.started.as_ref().map(|s| change(self, at.key("started"), s)),
+                outcomes: sim.outcomes.iter().map(|(k, o)| (k.clone(), change(self, at.key("outcomes").key(k), o))).collect(),
+            }
+        });
+
         for (mname, m) in &raw.metrics {
             let at = root.key("metrics").key(mname);
             if !valid_metric_name(mname) {
@@ -1525,6 +1555,7 @@ impl Compiler<'_> {
             on_delete,
             audit,
             metrics: IndexMap::new(),
+            simulation,
         };
         rules.metrics = rules.raw.metrics.clone();
         self.check_variables(&rules);
@@ -1713,6 +1744,9 @@ impl Compiler<'_> {
     fn check_variables(&mut self, rules: &Rules) {
         let uses = std::mem::take(&mut self.uses);
         for (id, scope, at, vars) in &uses {
+            for missing in rules.templates.missing_includes(*id) {
+                self.problem(at, format!("includes `{missing}`, which is not in the templates folder"));
+            }
             for var in rules.templates.variables(*id) {
                 let mut parts = var.split('.');
                 let top = parts.next().unwrap_or("");
@@ -1733,6 +1767,18 @@ impl Compiler<'_> {
                     }
                     continue;
                 }
+                if top == "transition" {
+                    if *scope != Scope::Action {
+                        self.problem(at, "`transition` is only available inside transitions and actions");
+                    }
+                    continue;
+                }
+                if top == "outcome" {
+                    if *scope != Scope::Sim {
+                        self.problem(at, "`outcome` is only available inside `simulation`");
+                    }
+                    continue;
+                }
                 if top == "item" {
                     if *scope != Scope::Item {
                         self.problem(at, "`item` is only available inside `where` filters");
@@ -1750,8 +1796,9 @@ impl Compiler<'_> {
                                 .collect::<Vec<_>>()
                                 .join(", "),
                             match scope {
-                                Scope::Action => ", vars",
+                                Scope::Action => ", vars, transition",
                                 Scope::Item => ", item",
+                                Scope::Sim => ", outcome",
                                 Scope::Plain => "",
                             }
                         ),

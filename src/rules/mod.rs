@@ -8,13 +8,15 @@
 //! Loading never panics, whatever the input.
 
 mod compile;
+#[cfg(test)]
+mod fixture_tests;
 pub mod locate;
 pub mod model;
 mod schema;
 
 pub use compile::{
     ActionRules, CondRules, CooldownRules, Deps, EventRules, ExecutionRules, Matcher, MetricRules,
-    PhaseRules, RelatedRules, ResourceRules, TableRules, TmplTree, TransitionRules,
+    PhaseRules, RelatedRules, ResourceRules, SimChange, SimRules, TableRules, TmplTree, TransitionRules,
     ValidationRules, ValueKind, ValueRules,
 };
 pub use schema::json_schema;
@@ -142,6 +144,8 @@ pub struct Rules {
     pub audit: compile::AuditRules,
     /// Declared metrics.
     pub metrics: IndexMap<String, MetricSpec>,
+    /// Simulation behaviour of the execution object.
+    pub simulation: Option<SimRules>,
 }
 
 impl Rules {
@@ -179,7 +183,7 @@ impl Rules {
 }
 
 /// Reads a file of at most [`MAX_FILE_BYTES`] as UTF-8.
-pub(crate) fn read_limited(file: &Path) -> Result<String, String> {
+pub fn read_limited(file: &Path) -> Result<String, String> {
     let meta = std::fs::metadata(file).map_err(|e| format!("cannot read: {e}"))?;
     if !meta.is_file() {
         return Err("cannot read: not a regular file".into());

@@ -59,6 +59,36 @@ pub struct RulesFile {
     /// Prometheus metrics that transitions may increment or observe.
     #[serde(default)]
     pub metrics: IndexMap<String, MetricSpec>,
+    /// How the execution object behaves in `lifecycle simulate` and rule-file tests: what
+    /// starting and each scripted outcome do to it. Not used by the controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulation: Option<Simulation>,
+}
+
+/// How the execution object progresses in simulations.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Simulation {
+    /// Applied to the execution object shortly after it is created (it starts running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<SimulatedChange>,
+    /// Scripted outcomes by name (`lifecycle simulate --outcome NAME[:REASON[:MESSAGE]]`).
+    /// `deleted` (the object disappears) is built in.
+    #[serde(default)]
+    pub outcomes: IndexMap<String, SimulatedChange>,
+}
+
+/// A change to the execution object in a simulation. Templates may read `execution`, `object`,
+/// `resource`, `settings`, `now` and `outcome` (`{name, reason, message}`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SimulatedChange {
+    /// Merge patch applied to the execution object's `status` (templates as leaves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Value>,
+    /// Further objects that appear (e.g. child objects), each a full object (templates as leaves).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<Value>,
 }
 
 /// A setting's default: a string, number or boolean.

@@ -1,0 +1,401 @@
+//! The command line: `run`, `check`, `schema`, `graph`, `render`, `simulate`, `test`.
+//!
+//! Each command parses its arguments into settings, calls the library, and prints. Exit codes:
+//! 0 success, 1 the input is wrong (invalid rules, failing tests), 2 the input is unusable
+//! (a file that cannot be read, bad arguments).
+
+use crate::engine::{self, Effect, Observation};
+use crate::rules::{LoadError, Rules};
+use crate::simulate;
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// lifecycle: a Kubernetes controller whose behaviour lives in a rules file.
+#[derive(Parser, Debug)]
+#[command(name = "lifecycle", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check a rules file; exit 0 when valid, 1 when invalid, 2 when unreadable.
+    Check {
+        /// The rules file.
+        #[arg(default_value = "lifecycle.yaml")]
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Override a setting (NAME=VALUE), as a deployment would.
+        #[arg(long = "set", value_parser = parse_setting)]
+        set: Vec<(String, String)>,
+    },
+    /// Print the JSON Schema of the rules file.
+    Schema,
+    /// Print the phase graph (Mermaid, or Graphviz dot).
+    Graph {
+        /// The rules file.
+        #[arg(default_value = "lifecycle.yaml")]
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
+        format: GraphFormat,
+    },
+    /// Print the execution object the rules would create for a resource, or the validation
+    /// failure they would record.
+    Render {
+        /// The resource (YAML).
+        #[arg(long)]
+        resource: PathBuf,
+        /// The rules file.
+        #[arg(long, default_value = "lifecycle.yaml")]
+        rules: PathBuf,
+        /// Override a setting (NAME=VALUE).
+        #[arg(long = "set", value_parser = parse_setting)]
+        set: Vec<(String, String)>,
+    },
+    /// Run a whole lifecycle over a virtual clock and print the timeline.
+    Simulate {
+        /// The resource (YAML).
+        #[arg(long, default_value = "examples/workflowexecution.yaml")]
+        resource: PathBuf,
+        /// The rules file.
+        #[arg(long, default_value = "lifecycle.yaml")]
+        rules: PathBuf,
+        /// How the execution object ends: an outcome of the rules' simulation block
+        /// (e.g. `succeeded`, `failed:REASON:MESSAGE`), or `deleted`.
+        #[arg(long, default_value = "succeeded")]
+        outcome: String,
+        /// Time from the execution object's creation to its outcome.
+        #[arg(long, default_value = "45s", value_parser = parse_duration)]
+        after: f64,
+        /// Stop after this much virtual time.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        limit: f64,
+        /// Virtual start time (RFC 3339).
+        #[arg(long, default_value = "2026-01-01T00:00:00Z")]
+        start: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Override a setting (NAME=VALUE).
+        #[arg(long = "set", value_parser = parse_setting)]
+        set: Vec<(String, String)>,
+    },
+    /// Run rule-file scenarios (YAML files or folders of them); prints `N passed, N failed`.
+    Test {
+        /// Scenario files or folders.
+        #[arg(default_value = "tests/lifecycle")]
+        paths: Vec<PathBuf>,
+        /// Rules file for scenarios that do not name one.
+        #[arg(long, default_value = "lifecycle.yaml")]
+        rules: PathBuf,
+        /// Print every scenario, not only failures.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Format {
+    Text,
+    Json,
+}
+
+/// Format of `lifecycle graph`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum GraphFormat {
+    /// Mermaid state diagram.
+    Mermaid,
+    /// Graphviz dot.
+    Dot,
+}
+
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected NAME=VALUE, got `{s}`"))
+}
+
+fn parse_duration(s: &str) -> Result<f64, String> {
+    crate::time::parse_duration(s)
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { file, format, set } => check(&file, format, &set),
+        Command::Schema => {
+            print!("{}", crate::rules::json_schema());
+            ExitCode::SUCCESS
+        }
+        Command::Graph { file, format } => match load(&file, &[]) {
+            Ok(rules) => {
+                print!("{}", graph(&rules, format));
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Render { resource, rules, set } => render(&resource, &rules, &set),
+        Command::Simulate {
+            resource,
+            rules,
+            outcome,
+            after,
+            limit,
+            start,
+            format,
+            set,
+        } => simulate_cmd(&resource, &rules, &outcome, after, limit, &start, format, &set),
+        Command::Test {
+            paths,
+            rules,
+            verbose,
+        } => crate::scenario::main(&paths, &rules, verbose),
+    }
+}
+
+/// Loads rules, printing the report on failure and returning the exit code to use.
+pub fn load(file: &Path, set: &[(String, String)]) -> Result<Rules, ExitCode> {
+    Rules::load(file, set).map_err(|e| {
+        eprintln!("{e}");
+        match e {
+            LoadError::Unusable { .. } => ExitCode::from(2),
+            LoadError::Invalid(_) => ExitCode::from(1),
+        }
+    })
+}
+
+fn check(file: &Path, format: Format, set: &[(String, String)]) -> ExitCode {
+    let result = Rules::load(file, set);
+    match (format, result) {
+        (Format::Text, Ok(r)) => {
+            println!(
+                "{}: valid (revision {}; {} phases, {} transitions, {} values, {} validation rules)",
+                file.display(),
+                r.revision,
+                r.phases.len(),
+                r.phases.iter().map(|p| p.transitions.len()).sum::<usize>(),
+                r.values.len(),
+                r.validation.len()
+            );
+            ExitCode::SUCCESS
+        }
+        (Format::Text, Err(e)) => {
+            eprintln!("{e}");
+            exit_for(&e)
+        }
+        (Format::Json, Ok(r)) => {
+            println!("{}", json!({"file": file.display().to_string(), "valid": true, "revision": r.revision, "problems": []}));
+            ExitCode::SUCCESS
+        }
+        (Format::Json, Err(e)) => {
+            println!(
+                "{}",
+                json!({"file": file.display().to_string(), "valid": false, "unusable": matches!(e, LoadError::Unusable { .. }), "problems": e.problems()})
+            );
+            exit_for(&e)
+        }
+    }
+}
+
+fn exit_for(e: &LoadError) -> ExitCode {
+    match e {
+        LoadError::Unusable { .. } => ExitCode::from(2),
+        LoadError::Invalid(_) => ExitCode::from(1),
+    }
+}
+
+/// The phase graph as Mermaid or dot text.
+pub fn graph(rules: &Rules, format: GraphFormat) -> String {
+    let mut out = String::new();
+    let initial = &rules.phases[rules.initial].name;
+    let edges: Vec<(String, String, String)> = rules
+        .phases
+        .iter()
+        .flat_map(|p| {
+            p.transitions.iter().map(move |t| {
+                let to = rules.phases.get(t.to).map(|x| x.name.clone()).unwrap_or_default();
+                (p.name.clone(), to, t.name.clone())
+            })
+        })
+        .collect();
+    match format {
+        GraphFormat::Mermaid => {
+            out.push_str("stateDiagram-v2\n");
+            out.push_str(&format!("    [*] --> {initial}\n"));
+            for (from, to, name) in &edges {
+                out.push_str(&format!("    {from} --> {to}: {name}\n"));
+            }
+            for p in rules.phases.iter().filter(|p| p.terminal) {
+                out.push_str(&format!("    {} --> [*]\n", p.name));
+            }
+            if let Some(c) = &rules.cooldown {
+                for &i in &c.phases {
+                    out.push_str(&format!(
+                        "    note right of {}: cooldown, then release ({})\n",
+                        rules.phases[i].name, c.marker
+                    ));
+                }
+            }
+        }
+        GraphFormat::Dot => {
+            out.push_str("digraph lifecycle {\n  rankdir=LR;\n  start [shape=point];\n");
+            for p in &rules.phases {
+                let shape = if p.terminal { "doublecircle" } else { "circle" };
+                out.push_str(&format!("  \"{}\" [shape={shape}];\n", p.name));
+            }
+            out.push_str(&format!("  start -> \"{initial}\";\n"));
+            for (from, to, name) in &edges {
+                out.push_str(&format!("  \"{from}\" -> \"{to}\" [label=\"{name}\"];\n"));
+            }
+            out.push_str("}\n");
+        }
+    }
+    out
+}
+
+/// Reads a YAML or JSON object from a file.
+pub fn read_object(path: &Path) -> Result<Value, String> {
+    let text = crate::rules::read_limited(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: Value = serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !v.is_object() {
+        return Err(format!("{}: expected a YAML mapping (one object)", path.display()));
+    }
+    Ok(v)
+}
+
+fn render(resource: &Path, rules: &Path, set: &[(String, String)]) -> ExitCode {
+    let rules = match load(rules, set) {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    let resource = match read_object(resource) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let now = crate::time::parse_secs("2026-01-01T00:00:00Z").unwrap_or_default();
+    let mut obs = Observation {
+        resource,
+        ..Observation::default()
+    };
+    // a resource fresh from the API server: no status yet
+    if let Some(m) = obs.resource.as_object_mut() {
+        m.remove("status");
+    }
+    let d = engine::decide(&rules, &obs, now);
+    if let Some(e) = &d.error {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
+    }
+    for e in &d.effects {
+        if let Effect::CreateExecution { object } = e {
+            print!("{}", serde_yaml::to_string(object).unwrap_or_default());
+            return ExitCode::SUCCESS;
+        }
+    }
+    // no object: the rules recorded an outcome instead (e.g. a validation failure)
+    obs.resource = apply_patch(&obs.resource, d.status_patch());
+    let status = obs.resource.get("status").cloned().unwrap_or(Value::Null);
+    println!(
+        "# no {} would be created: transition `{}` to phase {}",
+        rules.execution.kind,
+        d.transition.as_deref().unwrap_or("none"),
+        d.phase
+    );
+    print!("{}", serde_yaml::to_string(&json!({"status": status})).unwrap_or_default());
+    ExitCode::from(1)
+}
+
+fn apply_patch(resource: &Value, patch: Option<&Value>) -> Value {
+    let mut r = resource.clone();
+    if let (Some(p), Some(m)) = (patch, r.as_object_mut()) {
+        let status = m.entry("status").or_insert(Value::Object(Default::default()));
+        engine::status::apply_merge_patch(status, p);
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn simulate_cmd(
+    resource: &Path,
+    rules: &Path,
+    outcome: &str,
+    after: f64,
+    limit: f64,
+    start: &str,
+    format: Format,
+    set: &[(String, String)],
+) -> ExitCode {
+    let rules = match load(rules, set) {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    let resource = match read_object(resource) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(start) = crate::time::parse_secs(start) else {
+        eprintln!("--start: `{start}` is not an RFC 3339 timestamp");
+        return ExitCode::from(2);
+    };
+    let mut parts = outcome.splitn(3, ':');
+    let script = simulate::Script {
+        outcome: parts.next().unwrap_or("succeeded").to_string(),
+        reason: parts.next().unwrap_or("").to_string(),
+        message: parts.next().unwrap_or("").to_string(),
+        after,
+        limit,
+    };
+    let world = match simulate::run(&rules, resource, start, &script) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("simulation failed: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let status = world
+        .resource
+        .as_ref()
+        .and_then(|r| r.get("status"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    match format {
+        Format::Text => {
+            println!(
+                "Simulating {} with rules {} (revision {}), outcome `{outcome}` after {}:\n",
+                rules.resource.kind,
+                rules.file.display(),
+                rules.revision,
+                crate::time::go_duration(after)
+            );
+            print!("{}", simulate::format_timeline(&world.timeline));
+            println!("\nFinal status:");
+            print!("{}", indent(&serde_yaml::to_string(&status).unwrap_or_default()));
+        }
+        Format::Json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({"revision": rules.revision, "timeline": world.timeline, "status": status}))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("  {l}\n")).collect()
+}

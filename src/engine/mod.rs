@@ -1,0 +1,179 @@
+//! The decision: `decide(rules, observation, now) -> Decision`, a pure function.
+//!
+//! `decide` never knows why it runs. It compares what the rules say should be with what it
+//! observes and emits only the missing effects, so running it twice, or again after a crash
+//! halfway through carrying out a decision, is safe. Events, audit records and metrics come from
+//! transitions (and the one-time cooldown release), never from re-runs: once a transition's
+//! status is written, the same observation no longer takes it.
+//!
+//! The engine knows nothing about any particular resource kind: every name, message and field
+//! comes from the rules. It never touches the network, the clock, the environment or files.
+
+mod decide;
+pub mod status;
+
+pub use decide::{ERROR_CONDITION, decide, execution_key, related_requests, render_tree};
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// What the shell observed for one resource.
+#[derive(Debug, Clone, Default)]
+pub struct Observation {
+    /// The governed resource, as JSON.
+    pub resource: Value,
+    /// The execution object with the deterministic name, if it exists.
+    pub execution: Option<Value>,
+    /// Related objects that were read, by list name: each a list of `{ref, object}` entries
+    /// in the order of the references (`object` is null when not read or missing).
+    pub related: serde_json::Map<String, Value>,
+    /// The error of the action just attempted on the execution object, if it failed for good.
+    pub error: Option<ActionError>,
+}
+
+/// A permanent error from an action on the execution object (`error` in rules).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActionError {
+    /// `create` or `delete`.
+    pub action: String,
+    /// HTTP status code (0 when there was no response).
+    pub code: u16,
+    /// Kubernetes reason (`AlreadyExists`, `Forbidden`, `Invalid`, …).
+    pub reason: String,
+    /// Message from the API server.
+    pub message: String,
+}
+
+/// Identity of an object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ObjectKey {
+    /// `group/version`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// Kind.
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// Related objects the decision needs before it can be made.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RelatedRequest {
+    /// List name.
+    pub name: String,
+    /// One entry per reference: the reference itself and the object to read, if any.
+    pub entries: Vec<(Value, Option<ObjectKey>)>,
+}
+
+/// An Event to record on the resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventRecord {
+    /// `Normal` or `Warning`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Reason.
+    pub reason: String,
+    /// Action.
+    pub action: String,
+    /// Message.
+    pub message: String,
+}
+
+/// A metric update.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricRecord {
+    /// Metric name.
+    pub name: String,
+    /// Label values in declaration order.
+    pub labels: Vec<(String, String)>,
+    /// Increment (counter), observation (histogram) or value (gauge).
+    pub value: f64,
+}
+
+/// One thing the shell must do. Effects are listed in the order to carry them out; the shell
+/// stops at the first that fails and decides again.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "effect", rename_all = "camelCase")]
+pub enum Effect {
+    /// Add the finalizer.
+    AddFinalizer {
+        /// Finalizer name.
+        finalizer: String,
+    },
+    /// Create the execution object (AlreadyExists: read it and decide again).
+    CreateExecution {
+        /// The full object.
+        object: Value,
+    },
+    /// Delete the execution object (NotFound is success).
+    DeleteExecution {
+        /// Which object.
+        key: ObjectKey,
+        /// Its uid, as a precondition.
+        uid: Option<String>,
+    },
+    /// Patch the resource's status subresource with this JSON merge patch of `status`.
+    PatchStatus {
+        /// The merge patch (the value of `status`).
+        patch: Value,
+    },
+    /// Record an Event.
+    Event(EventRecord),
+    /// Deliver an audit record.
+    Audit {
+        /// The record.
+        record: Value,
+    },
+    /// Update a metric.
+    Metric(MetricRecord),
+    /// Remove the finalizer (the resource may then disappear).
+    RemoveFinalizer {
+        /// Finalizer name.
+        finalizer: String,
+    },
+}
+
+/// A decision could not be made as the rules say (a template or expression failed at run time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{category}: {message}")]
+pub struct DecideError {
+    /// Stable category: `TemplateError`, `ExecutionObjectInvalid`, `UnknownPhase`,
+    /// `UnhandledError`.
+    pub category: &'static str,
+    /// What went wrong, naming the rule.
+    pub message: String,
+}
+
+/// Everything the shell must do for one resource now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// The phase after this decision.
+    pub phase: String,
+    /// The transition taken, if any (`release` for the cooldown release, `delete` on deletion).
+    pub transition: Option<String>,
+    /// Effects, in order.
+    pub effects: Vec<Effect>,
+    /// Look again after this many seconds (none: only on events).
+    pub requeue_after: Option<f64>,
+    /// Related objects to read first; when set, `effects` is empty: read them and decide again.
+    pub needs: Vec<RelatedRequest>,
+    /// Set when the rules failed at run time; the effects then only report it.
+    pub error: Option<DecideError>,
+}
+
+impl Decision {
+    /// Whether carrying this out changes anything.
+    pub fn is_noop(&self) -> bool {
+        self.effects.is_empty() && self.needs.is_empty()
+    }
+
+    /// The status patch, if any.
+    pub fn status_patch(&self) -> Option<&Value> {
+        self.effects.iter().find_map(|e| match e {
+            Effect::PatchStatus { patch } => Some(patch),
+            _ => None,
+        })
+    }
+}

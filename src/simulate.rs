@@ -1,0 +1,510 @@
+//! An in-memory world with a virtual clock, for `lifecycle simulate` and rule-file tests.
+//!
+//! The world holds the governed resource and every other object by identity. Reconciling runs
+//! `decide` and carries out its effects the way the controller would (creating, deleting,
+//! patching status, recording Events, audit records and metrics) until nothing is left to do.
+//! How the execution object progresses on its own (starting, finishing) comes from the rules'
+//! `simulation` block, so the world knows nothing about any particular kind.
+
+use crate::engine::{
+    self, ActionError, Decision, Effect, ObjectKey, Observation, status::apply_merge_patch,
+};
+use crate::rules::{Rules, SimChange};
+use minijinja::{Value as JValue, context};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+
+/// Most decisions one reconcile may take before the world declares the rules unsettled.
+pub const MAX_DECISIONS: usize = 32;
+
+/// One line of a timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    /// Virtual time, seconds since the start.
+    pub at: f64,
+    /// What happened.
+    pub what: String,
+    /// Details.
+    pub detail: String,
+    /// Structured data (the effect or change), for JSON output.
+    #[serde(skip_serializing_if = "Value::is_null")]
+    pub data: Value,
+}
+
+/// The in-memory world.
+pub struct World<'r> {
+    rules: &'r Rules,
+    /// Virtual time (seconds since the epoch).
+    pub now: f64,
+    start: f64,
+    /// The governed resource (`None` once deleted).
+    pub resource: Option<Value>,
+    /// Every other object, by identity.
+    pub objects: BTreeMap<ObjectKey, Value>,
+    /// Errors the next create / delete of the execution object fails with.
+    pub fail_next: BTreeMap<String, ActionError>,
+    /// What happened so far.
+    pub timeline: Vec<Entry>,
+    /// Every effect carried out so far, with the time.
+    pub effects: Vec<(f64, Effect)>,
+    /// Every decision taken so far.
+    pub decisions: Vec<(f64, Decision)>,
+    next_uid: u64,
+    resource_version: u64,
+}
+
+impl<'r> World<'r> {
+    /// A world holding `resource` at time `now`.
+    pub fn new(rules: &'r Rules, resource: Value, now: f64) -> World<'r> {
+        let mut w = World {
+            rules,
+            now,
+            start: now,
+            resource: None,
+            objects: BTreeMap::new(),
+            fail_next: BTreeMap::new(),
+            timeline: Vec::new(),
+            effects: Vec::new(),
+            decisions: Vec::new(),
+            next_uid: 1,
+            resource_version: 1,
+        };
+        let resource = w.stamp(resource);
+        w.resource = Some(resource);
+        w
+    }
+
+    /// Gives an object a uid, resourceVersion and creationTimestamp, as the API server would.
+    fn stamp(&mut self, mut obj: Value) -> Value {
+        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            if !meta.contains_key("uid") {
+                meta.insert("uid".into(), Value::String(format!("00000000-0000-4000-8000-{:012}", self.next_uid)));
+                self.next_uid += 1;
+            }
+            meta.entry("creationTimestamp")
+                .or_insert_with(|| Value::String(crate::time::format_secs(self.now)));
+            meta.entry("generation").or_insert(Value::from(1));
+            self.resource_version += 1;
+            meta.insert("resourceVersion".into(), Value::String(self.resource_version.to_string()));
+        }
+        obj
+    }
+
+    fn note(&mut self, what: &str, detail: String, data: Value) {
+        self.timeline.push(Entry {
+            at: self.now - self.start,
+            what: what.to_string(),
+            detail,
+            data,
+        });
+    }
+
+    /// Adds or replaces an object.
+    pub fn put(&mut self, obj: Value) -> Result<(), String> {
+        let key = key_of(&obj).ok_or("an object needs apiVersion, kind and metadata.name")?;
+        let obj = self.stamp(obj);
+        self.objects.insert(key, obj);
+        Ok(())
+    }
+
+    /// The execution object the rules give the resource, if it exists.
+    pub fn execution(&self) -> Option<&Value> {
+        let key = self.execution_key()?;
+        self.objects.get(&key)
+    }
+
+    /// The identity of the resource's execution object.
+    pub fn execution_key(&self) -> Option<ObjectKey> {
+        engine::execution_key(self.rules, self.resource.as_ref()?, self.now).ok()
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&mut self, secs: f64) {
+        self.now += secs;
+    }
+
+    /// Marks the resource deleted (it goes away when its finalizers are gone).
+    pub fn delete_resource(&mut self) {
+        let now = crate::time::format_secs(self.now);
+        let gone = match &mut self.resource {
+            Some(r) => {
+                let finalizers = r.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+                if let Some(meta) = r.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.entry("deletionTimestamp").or_insert(Value::String(now));
+                }
+                !finalizers
+            }
+            None => false,
+        };
+        self.note("delete", "resource deletion requested".into(), Value::Null);
+        if gone {
+            self.resource = None;
+            self.note("gone", "resource removed".into(), Value::Null);
+        }
+    }
+
+    /// Applies a simulated change (`started` or an outcome) to the execution object.
+    pub fn apply_change(&mut self, change: &SimChange, outcome: &Value) -> Result<(), String> {
+        let Some(key) = self.execution_key() else {
+            return Err("the resource has no execution object".into());
+        };
+        let Some(execution) = self.objects.get(&key).cloned() else {
+            return Err(format!("{} {}/{} does not exist", key.kind, key.namespace, key.name));
+        };
+        let ctx = context! {
+            execution => JValue::from_serialize(&execution),
+            object => JValue::from_serialize(&key),
+            resource => JValue::from_serialize(&self.resource),
+            settings => JValue::from_serialize(&self.rules.settings),
+            now => JValue::from(crate::time::format_secs(self.now)),
+            outcome => JValue::from_serialize(outcome),
+        };
+        let t = &self.rules.templates;
+        let mut created = Vec::new();
+        for tree in &change.objects {
+            let mut obj = engine::render_tree(t, tree, &ctx).map_err(|e| e.message)?;
+            if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.entry("namespace").or_insert(Value::String(key.namespace.clone()));
+            }
+            created.push(obj);
+        }
+        let mut updated = execution;
+        if let Some(tree) = &change.status {
+            let patch = engine::render_tree(t, tree, &ctx).map_err(|e| e.message)?;
+            let status = updated.as_object_mut().map(|m| m.entry("status").or_insert(Value::Object(Map::new())));
+            if let Some(status) = status {
+                apply_merge_patch(status, &patch);
+            }
+        }
+        for obj in created {
+            let k = key_of(&obj).ok_or("a simulated object needs apiVersion, kind and metadata.name")?;
+            self.note("appears", format!("{} {}/{}", k.kind, k.namespace, k.name), Value::Null);
+            self.put(obj)?;
+        }
+        let updated = self.stamp(updated);
+        self.objects.insert(key, updated);
+        Ok(())
+    }
+
+    /// Removes the execution object (as if someone else deleted it).
+    pub fn delete_execution(&mut self) -> bool {
+        match self.execution_key() {
+            Some(k) => {
+                let removed = self.objects.remove(&k).is_some();
+                if removed {
+                    self.note("world", format!("{} {}/{} deleted externally", k.kind, k.namespace, k.name), Value::Null);
+                }
+                removed
+            }
+            None => false,
+        }
+    }
+
+    /// Reconciles until nothing is left to do; returns when to look again (seconds).
+    pub fn reconcile(&mut self) -> Result<Option<f64>, String> {
+        let mut pending_error: Option<ActionError> = None;
+        for _ in 0..MAX_DECISIONS {
+            let Some(resource) = self.resource.clone() else {
+                return Ok(None);
+            };
+            let execution = engine::execution_key(self.rules, &resource, self.now)
+                .ok()
+                .and_then(|k| self.objects.get(&k).cloned());
+            let mut obs = Observation {
+                resource,
+                execution,
+                related: Map::new(),
+                error: pending_error.take(),
+            };
+            let mut d = engine::decide(self.rules, &obs, self.now);
+            for _ in 0..4 {
+                if d.needs.is_empty() {
+                    break;
+                }
+                for req in &d.needs {
+                    let list = req
+                        .entries
+                        .iter()
+                        .map(|(r, k)| json!({"ref": r, "object": k.as_ref().and_then(|k| self.objects.get(k)).cloned()}))
+                        .collect();
+                    obs.related.insert(req.name.clone(), Value::Array(list));
+                }
+                d = engine::decide(self.rules, &obs, self.now);
+            }
+            if !d.needs.is_empty() {
+                return Err("the rules keep asking for related objects".into());
+            }
+            self.decisions.push((self.now, d.clone()));
+            if let Some(e) = &d.error {
+                self.note("error", e.to_string(), Value::Null);
+            }
+            if let Some(t) = &d.transition {
+                let from = obs
+                    .resource
+                    .pointer(&format!("/status/{}", self.rules.resource.status.phase))
+                    .and_then(Value::as_str)
+                    .unwrap_or(&self.rules.phases[self.rules.initial].name)
+                    .to_string();
+                self.note("transition", format!("{t}: {from} → {}", d.phase), Value::Null);
+            }
+            if d.effects.is_empty() {
+                return Ok(d.requeue_after);
+            }
+            let errored = d.error.is_some();
+            for effect in &d.effects {
+                if let Some(err) = self.carry_out(effect) {
+                    pending_error = Some(err);
+                    break;
+                }
+            }
+            if errored {
+                return Ok(d.requeue_after);
+            }
+        }
+        Err(format!(
+            "the rules did not settle after {MAX_DECISIONS} decisions (a transition or status write repeats)"
+        ))
+    }
+
+    /// Carries out one effect; returns the error a failing create/delete gives the rules.
+    fn carry_out(&mut self, effect: &Effect) -> Option<ActionError> {
+        self.effects.push((self.now, effect.clone()));
+        let data = serde_json::to_value(effect).unwrap_or(Value::Null);
+        match effect {
+            Effect::AddFinalizer { finalizer } => {
+                if let Some(meta) = self.resource.as_mut().and_then(|r| r.get_mut("metadata")).and_then(Value::as_object_mut) {
+                    let list = meta.entry("finalizers").or_insert(Value::Array(Vec::new()));
+                    if let Value::Array(a) = list {
+                        a.push(Value::String(finalizer.clone()));
+                    }
+                }
+                self.note("finalizer", format!("added {finalizer}"), data);
+            }
+            Effect::RemoveFinalizer { finalizer } => {
+                let mut gone = false;
+                if let Some(r) = self.resource.as_mut() {
+                    if let Some(Value::Array(a)) = r.pointer_mut("/metadata/finalizers") {
+                        a.retain(|f| f.as_str() != Some(finalizer.as_str()));
+                    }
+                    gone = r.pointer("/metadata/deletionTimestamp").is_some()
+                        && r.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(|a| a.is_empty());
+                }
+                self.note("finalizer", format!("removed {finalizer}"), data);
+                if gone {
+                    self.resource = None;
+                    self.note("gone", "resource removed".into(), Value::Null);
+                }
+            }
+            Effect::CreateExecution { object } => {
+                if let Some(err) = self.fail_next.remove("create") {
+                    self.note("create", format!("failed: {} {}", err.code, err.message), data);
+                    return Some(err);
+                }
+                let Some(key) = key_of(object) else {
+                    return Some(ActionError { action: "create".into(), code: 422, reason: "Invalid".into(), message: "object has no name".into() });
+                };
+                if self.objects.contains_key(&key) {
+                    self.note("create", format!("{} {}/{} already exists", key.kind, key.namespace, key.name), data);
+                    return None;
+                }
+                self.note("create", format!("{} {}/{} (lock held)", key.kind, key.namespace, key.name), data);
+                let obj = self.stamp(object.clone());
+                self.objects.insert(key, obj);
+            }
+            Effect::DeleteExecution { key, uid } => {
+                if let Some(err) = self.fail_next.remove("delete") {
+                    self.note("delete", format!("failed: {} {}", err.code, err.message), data);
+                    return Some(err);
+                }
+                let matches = self.objects.get(key).is_some_and(|o| {
+                    uid.is_none() || o.pointer("/metadata/uid").and_then(Value::as_str) == uid.as_deref()
+                });
+                if matches {
+                    self.objects.remove(key);
+                    self.note("delete", format!("{} {}/{} (lock released)", key.kind, key.namespace, key.name), data);
+                } else {
+                    self.note("delete", format!("{} {}/{} was already gone", key.kind, key.namespace, key.name), data);
+                }
+            }
+            Effect::PatchStatus { patch } => {
+                let fields = changed_fields(patch, "");
+                if let Some(r) = self.resource.as_mut() {
+                    let status = r.as_object_mut().map(|m| m.entry("status").or_insert(Value::Object(Map::new())));
+                    if let Some(status) = status {
+                        apply_merge_patch(status, patch);
+                    }
+                }
+                self.resource_version += 1;
+                let rv = self.resource_version.to_string();
+                if let Some(meta) = self.resource.as_mut().and_then(|r| r.get_mut("metadata")).and_then(Value::as_object_mut) {
+                    meta.insert("resourceVersion".into(), Value::String(rv));
+                }
+                self.note("status", fields.join(", "), data);
+            }
+            Effect::Event(e) => self.note("event", format!("{} {}: {}", e.kind, e.reason, e.message), data),
+            Effect::Audit { record } => {
+                let kind = record.get("event_type").or_else(|| record.get("type")).and_then(Value::as_str).unwrap_or("record");
+                let id = record.get(&self.rules.audit.id_field).and_then(Value::as_str).unwrap_or("");
+                self.note("audit", format!("{kind} (id {id})"), data);
+            }
+            Effect::Metric(m) => {
+                let labels: Vec<String> = m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                self.note("metric", format!("{}{{{}}} {}", m.name, labels.join(","), m.value), data);
+            }
+        }
+        None
+    }
+}
+
+/// The identity of an object from its own fields.
+pub fn key_of(obj: &Value) -> Option<ObjectKey> {
+    Some(ObjectKey {
+        api_version: obj.get("apiVersion")?.as_str()?.to_string(),
+        kind: obj.get("kind")?.as_str()?.to_string(),
+        namespace: obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default().to_string(),
+        name: obj.pointer("/metadata/name")?.as_str()?.to_string(),
+    })
+}
+
+/// Dotted names of the fields a merge patch sets or removes, for readable timelines.
+fn changed_fields(patch: &Value, prefix: &str) -> Vec<String> {
+    match patch {
+        Value::Object(m) if !m.is_empty() => m
+            .iter()
+            .flat_map(|(k, v)| {
+                let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                if v.is_object() && k != "conditions" {
+                    changed_fields(v, &name)
+                } else if v.is_null() {
+                    vec![format!("-{name}")]
+                } else if let Some(s) = v.as_str() {
+                    vec![format!("{name}={}", short(s))]
+                } else if v.is_array() {
+                    vec![name]
+                } else {
+                    vec![format!("{name}={v}")]
+                }
+            })
+            .collect(),
+        _ => vec![prefix.to_string()],
+    }
+}
+
+fn short(s: &str) -> String {
+    let first = s.lines().next().unwrap_or("");
+    if first.chars().count() > 60 || s.contains('\n') {
+        format!("{}…", first.chars().take(60).collect::<String>())
+    } else {
+        first.to_string()
+    }
+}
+
+/// A scripted run: the resource is created, the execution object starts, then ends as the
+/// outcome says, and the clock runs until nothing is left to do.
+pub struct Script {
+    /// Outcome name (`succeeded`, `failed`, …, or `deleted`).
+    pub outcome: String,
+    /// Outcome reason and message, for the outcome's templates.
+    pub reason: String,
+    /// Message.
+    pub message: String,
+    /// Seconds from creation of the execution object to the outcome.
+    pub after: f64,
+    /// Stop after this much virtual time.
+    pub limit: f64,
+}
+
+/// Runs a script to its end and returns the world.
+pub fn run<'r>(rules: &'r Rules, resource: Value, start: f64, script: &Script) -> Result<World<'r>, String> {
+    let mut world = World::new(rules, resource, start);
+    world.note("resource", "created".into(), Value::Null);
+    let outcome_change = if script.outcome == "deleted" {
+        None
+    } else {
+        let sim = rules.simulation.as_ref().ok_or(
+            "the rules have no `simulation` block describing how the execution object progresses",
+        )?;
+        Some(
+            sim.outcomes
+                .iter()
+                .find(|(n, _)| n == &script.outcome)
+                .map(|(_, c)| c.clone())
+                .ok_or_else(|| {
+                    format!(
+                        "unknown outcome `{}` (the rules' simulation defines: {}, and `deleted` is built in)",
+                        script.outcome,
+                        sim.outcomes.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                    )
+                })?,
+        )
+    };
+    let outcome = json!({"name": script.outcome, "reason": script.reason, "message": script.message});
+    let mut created_at: Option<f64> = None;
+    let mut started = false;
+    let mut ended = false;
+    loop {
+        let requeue = world.reconcile()?;
+        if created_at.is_none() && world.execution().is_some() {
+            created_at = Some(world.now);
+        }
+        // what happens next in the world, and when
+        let mut next: Vec<(f64, u8)> = Vec::new();
+        if let Some(c) = created_at {
+            if !started && world.execution().is_some() {
+                next.push((c + 1.0_f64.min(script.after), 0));
+            }
+            if !ended {
+                next.push((c + script.after, 1));
+            }
+        }
+        if let Some(r) = requeue {
+            next.push((world.now + r.max(0.0), 2));
+        }
+        next.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let Some(&(at, what)) = next.first() else { break };
+        if at - start > script.limit {
+            world.note("stop", format!("time limit of {} reached", crate::time::go_duration(script.limit)), Value::Null);
+            break;
+        }
+        world.now = at.max(world.now);
+        match what {
+            0 => {
+                started = true;
+                if world.execution().is_some()
+                    && let Some(change) = rules.simulation.as_ref().and_then(|s| s.started.as_ref())
+                {
+                    world.note("world", "execution object started".into(), Value::Null);
+                    world.apply_change(change, &outcome)?;
+                }
+            }
+            1 => {
+                ended = true;
+                started = true;
+                if world.execution().is_some() {
+                    match &outcome_change {
+                        None => {
+                            world.delete_execution();
+                        }
+                        Some(change) => {
+                            world.note("world", format!("execution object outcome: {}", script.outcome), Value::Null);
+                            world.apply_change(change, &outcome)?;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(world)
+}
+
+/// Formats a timeline for people.
+pub fn format_timeline(entries: &[Entry]) -> String {
+    let mut out = String::new();
+    for e in entries {
+        let at = format!("+{}", crate::time::go_duration(e.at));
+        out.push_str(&format!("{at:>9}  {:<10} {}\n", e.what, e.detail));
+    }
+    out
+}
