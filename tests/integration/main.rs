@@ -2,6 +2,8 @@
 //! `support` for how the control plane is found or started, and docs/testing.md.
 
 mod smoke;
-// Some helpers are there for tests still to come.
+// Both hold helpers for tests still to come.
 #[allow(dead_code)]
 mod support;
+#[allow(dead_code)]
+mod tekton;

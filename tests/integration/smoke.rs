@@ -15,10 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
 use crate::support::{self, CONTROLLER_USER, api_code, eventually, unique_name};
-
-fn pipelinerun_resource() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk("tekton.dev", "v1", "PipelineRun"))
-}
+use crate::tekton;
 
 fn workflowexecution_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(
@@ -62,7 +59,7 @@ async fn crds_from_the_repository_are_established() {
         "taskruns.tekton.dev",
     ] {
         let crd = api
-            .get(&name)
+            .get(name)
             .await
             .unwrap_or_else(|e| panic!("CRD {name}: {e}"));
         let established = crd
@@ -198,7 +195,7 @@ async fn custom_resource_changes_are_seen_by_a_watch() {
 async fn status_subresource_owns_status() {
     let env = support::env().await;
     let ns = env.namespace("status").await;
-    let runs = pipelinerun_resource();
+    let runs = tekton::pipelineruns();
     let api: Api<DynamicObject> = Api::namespaced_with(env.admin().await, &ns, &runs);
     let name = unique_name("run");
 
@@ -296,7 +293,7 @@ async fn stale_resource_version_is_a_conflict() {
 async fn controller_identity_gets_only_what_rbac_grants() {
     let env = support::env().await;
     let ns = env.namespace("rbac").await;
-    let runs = pipelinerun_resource();
+    let runs = tekton::pipelineruns();
     let as_controller: Api<DynamicObject> =
         Api::namespaced_with(env.controller().await, &ns, &runs);
 
@@ -540,4 +537,120 @@ async fn workflowexecution_is_explained_and_listed_by_kubectl() {
         .kubectl(&["explain", "workflowexecutions.spec.targetResource"])
         .await;
     assert!(explained.contains("the lock key"), "{explained}");
+}
+
+#[tokio::test]
+async fn tekton_is_played_through_status() {
+    let env = support::env().await;
+    let ns = env.namespace("tekton").await;
+    let client = env.admin().await;
+    let runs: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &tekton::pipelineruns());
+    let taskruns: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &tekton::taskruns());
+    let run = unique_name("wfe");
+    let tasks = ["build", "restart", "verify"];
+    runs.create(
+        &PostParams::default(),
+        &object(
+            &run,
+            &tekton::pipelineruns(),
+            json!({"spec": {"pipelineRef": {"resolver": "bundles"}}}),
+        ),
+    )
+    .await
+    .expect("create PipelineRun");
+
+    let started = tekton::now();
+    let running = tekton::set_status(
+        &runs,
+        &run,
+        tekton::pipelinerun_running(&run, &tasks, &started),
+    )
+    .await;
+    assert_eq!(running.data["status"]["conditions"][0]["status"], "Unknown");
+    assert_eq!(
+        running.data["status"]["childReferences"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+
+    tekton::create_taskruns(client.clone(), &ns, &run, &tasks).await;
+    let at = tekton::now();
+    let ok = tekton::taskrun_status(
+        &run,
+        "build",
+        "True",
+        "Succeeded",
+        "All Steps have completed executing",
+        vec![tekton::step_terminated("compile", 0, "Completed")],
+        &at,
+    );
+    tekton::set_status(&taskruns, &tekton::taskrun_name(&run, "build"), ok).await;
+    tekton::set_status(
+        &taskruns,
+        &tekton::taskrun_name(&run, "restart"),
+        tekton::taskrun_oom(&run, "restart", "apply", &at),
+    )
+    .await;
+    tekton::set_status(
+        &taskruns,
+        &tekton::taskrun_name(&run, "verify"),
+        tekton::taskrun_oom_legacy(&run, "verify", "check", &at),
+    )
+    .await;
+
+    let finished = tekton::set_status(
+        &runs,
+        &run,
+        tekton::pipelinerun_finished(
+            &run,
+            &tasks,
+            "False",
+            "Failed",
+            &tekton::tasks_message(1, 2, 0, 0),
+            &started,
+            &at,
+        ),
+    )
+    .await;
+    let status = &finished.data["status"];
+    assert_eq!(status["conditions"][0]["reason"], "Failed");
+    assert_eq!(
+        status["conditions"][0]["message"],
+        "Tasks Completed: 1 (Failed: 2, Cancelled 0), Skipped: 0"
+    );
+    assert_eq!(status["completionTime"], at.as_str());
+
+    let children = taskruns
+        .list(&ListParams::default().labels(&format!("tekton.dev/pipelineRun={run}")))
+        .await
+        .expect("list TaskRuns");
+    let mut reasons: Vec<(String, String, i64)> = children
+        .items
+        .iter()
+        .map(|tr| {
+            let status = &tr.data["status"];
+            (
+                tr.metadata.name.clone().unwrap_or_default(),
+                status["conditions"][0]["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                status["steps"][0]["terminated"]["exitCode"]
+                    .as_i64()
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            (format!("{run}-build"), "Succeeded".to_string(), 0),
+            (format!("{run}-restart"), "StepOOM".to_string(), 137),
+            (format!("{run}-verify"), "Failed".to_string(), 137),
+        ]
+    );
 }
