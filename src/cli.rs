@@ -22,6 +22,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the controller against a cluster.
+    Run(Box<crate::controller::RunArgs>),
     /// Check a rules file; exit 0 when valid, 1 when invalid, 2 when unreadable.
     Check {
         /// The rules file.
@@ -130,6 +132,7 @@ fn parse_duration(s: &str) -> Result<f64, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(args) => crate::controller::main(*args),
         Command::Check { file, format, set } => check(&file, format, &set),
         Command::Schema => {
             print!("{}", crate::rules::json_schema());
@@ -142,7 +145,11 @@ pub fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Render { resource, rules, set } => render(&resource, &rules, &set),
+        Command::Render {
+            resource,
+            rules,
+            set,
+        } => render(&resource, &rules, &set),
         Command::Simulate {
             resource,
             rules,
@@ -152,7 +159,9 @@ pub fn main() -> ExitCode {
             start,
             format,
             set,
-        } => simulate_cmd(&resource, &rules, &outcome, after, limit, &start, format, &set),
+        } => simulate_cmd(
+            &resource, &rules, &outcome, after, limit, &start, format, &set,
+        ),
         Command::Test {
             paths,
             rules,
@@ -192,7 +201,10 @@ fn check(file: &Path, format: Format, set: &[(String, String)]) -> ExitCode {
             exit_for(&e)
         }
         (Format::Json, Ok(r)) => {
-            println!("{}", json!({"file": file.display().to_string(), "valid": true, "revision": r.revision, "problems": []}));
+            println!(
+                "{}",
+                json!({"file": file.display().to_string(), "valid": true, "revision": r.revision, "problems": []})
+            );
             ExitCode::SUCCESS
         }
         (Format::Json, Err(e)) => {
@@ -221,7 +233,11 @@ pub fn graph(rules: &Rules, format: GraphFormat) -> String {
         .iter()
         .flat_map(|p| {
             p.transitions.iter().map(move |t| {
-                let to = rules.phases.get(t.to).map(|x| x.name.clone()).unwrap_or_default();
+                let to = rules
+                    .phases
+                    .get(t.to)
+                    .map(|x| x.name.clone())
+                    .unwrap_or_default();
                 (p.name.clone(), to, t.name.clone())
             })
         })
@@ -266,7 +282,10 @@ pub fn read_object(path: &Path) -> Result<Value, String> {
     let text = crate::rules::read_limited(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let v: Value = serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     if !v.is_object() {
-        return Err(format!("{}: expected a YAML mapping (one object)", path.display()));
+        return Err(format!(
+            "{}: expected a YAML mapping (one object)",
+            path.display()
+        ));
     }
     Ok(v)
 }
@@ -312,14 +331,19 @@ fn render(resource: &Path, rules: &Path, set: &[(String, String)]) -> ExitCode {
         d.transition.as_deref().unwrap_or("none"),
         d.phase
     );
-    print!("{}", serde_yaml::to_string(&json!({"status": status})).unwrap_or_default());
+    print!(
+        "{}",
+        serde_yaml::to_string(&json!({"status": status})).unwrap_or_default()
+    );
     ExitCode::from(1)
 }
 
 fn apply_patch(resource: &Value, patch: Option<&Value>) -> Value {
     let mut r = resource.clone();
     if let (Some(p), Some(m)) = (patch, r.as_object_mut()) {
-        let status = m.entry("status").or_insert(Value::Object(Default::default()));
+        let status = m
+            .entry("status")
+            .or_insert(Value::Object(Default::default()));
         engine::status::apply_merge_patch(status, p);
     }
     r
@@ -383,7 +407,10 @@ fn simulate_cmd(
             );
             print!("{}", simulate::format_timeline(&world.timeline));
             println!("\nFinal status:");
-            print!("{}", indent(&serde_yaml::to_string(&status).unwrap_or_default()));
+            print!(
+                "{}",
+                indent(&serde_yaml::to_string(&status).unwrap_or_default())
+            );
         }
         Format::Json => {
             println!(

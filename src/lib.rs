@@ -4,11 +4,17 @@
 //! [`expr`] and [`render`] evaluate its paths and templates, and [`engine::decide`] turns rules
 //! plus an observation into a decision. Only the Kubernetes shell talks to the API server.
 
+pub mod audit;
 pub mod cli;
+pub mod controller;
 pub mod engine;
 pub mod expr;
+pub mod k8s;
+pub mod metrics;
+pub mod reload;
 pub mod render;
 pub mod rules;
 pub mod scenario;
+pub mod server;
 pub mod simulate;
 pub mod time;

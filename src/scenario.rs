@@ -242,11 +242,19 @@ pub fn run_file(file: &Path, default_rules: &Path) -> Outcome {
 
 fn run(s: &Scenario, file: &Path, default_rules: &Path) -> Result<(), String> {
     let dir = file.parent().unwrap_or(Path::new("."));
-    let rules_path = s.rules.as_ref().map_or(default_rules.to_path_buf(), |r| dir.join(r));
+    let rules_path = s
+        .rules
+        .as_ref()
+        .map_or(default_rules.to_path_buf(), |r| dir.join(r));
     let overrides: Vec<(String, String)> = s
         .settings
         .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_str().map_or_else(|| v.to_string(), str::to_string),
+            )
+        })
         .collect();
     let rules = Rules::load(&rules_path, &overrides).map_err(|e| format!("rules: {e}"))?;
     let mut resource = match (&s.resource, &s.resource_file) {
@@ -283,8 +291,13 @@ fn run_step(rules: &Rules, world: &mut World<'_>, step: &Step) -> Result<(), Str
         world.put(o.clone())?;
     }
     if let Some(p) = &step.patch_execution {
-        let key = world.execution_key().ok_or("no execution object to patch")?;
-        let obj = world.objects.get_mut(&key).ok_or("the execution object does not exist")?;
+        let key = world
+            .execution_key()
+            .ok_or("no execution object to patch")?;
+        let obj = world
+            .objects
+            .get_mut(&key)
+            .ok_or("the execution object does not exist")?;
         crate::engine::status::apply_merge_patch(obj, p);
     }
     if step.delete_execution && !world.delete_execution() {
@@ -303,8 +316,13 @@ fn run_step(rules: &Rules, world: &mut World<'_>, step: &Step) -> Result<(), Str
     }
     let sim = rules.simulation.as_ref();
     if step.started {
-        let change = sim.and_then(|s| s.started.clone()).ok_or("the rules' simulation has no `started`")?;
-        world.apply_change(&change, &json!({"name": "started", "reason": "", "message": ""}))?;
+        let change = sim
+            .and_then(|s| s.started.clone())
+            .ok_or("the rules' simulation has no `started`")?;
+        world.apply_change(
+            &change,
+            &json!({"name": "started", "reason": "", "message": ""}),
+        )?;
     }
     if let Some(o) = &step.outcome {
         let mut parts = o.splitn(3, ':');
@@ -314,7 +332,12 @@ fn run_step(rules: &Rules, world: &mut World<'_>, step: &Step) -> Result<(), Str
             world.delete_execution();
         } else {
             let change = sim
-                .and_then(|s| s.outcomes.iter().find(|(n, _)| n == name).map(|(_, c)| c.clone()))
+                .and_then(|s| {
+                    s.outcomes
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, c)| c.clone())
+                })
                 .ok_or(format!("the rules' simulation has no outcome `{name}`"))?;
             world.apply_change(&change, &outcome)?;
         }
@@ -324,20 +347,33 @@ fn run_step(rules: &Rules, world: &mut World<'_>, step: &Step) -> Result<(), Str
     }
     let effects_before = world.effects.len();
     let decisions_before = world.decisions.len();
-    let requeue = if step.reconcile { world.reconcile()? } else { None };
+    let requeue = if step.reconcile {
+        world.reconcile()?
+    } else {
+        None
+    };
     let Some(expect) = &step.expect else {
         return Ok(());
     };
-    let effects: Vec<&Effect> = world.effects[effects_before..].iter().map(|(_, e)| e).collect();
+    let effects: Vec<&Effect> = world.effects[effects_before..]
+        .iter()
+        .map(|(_, e)| e)
+        .collect();
     let mut problems = Vec::new();
     let resource = world.resource.clone().unwrap_or(Value::Null);
     if let Some(want) = expect.resource_exists
         && want != world.resource.is_some()
     {
-        problems.push(format!("expected the resource to {}", if want { "exist" } else { "be gone" }));
+        problems.push(format!(
+            "expected the resource to {}",
+            if want { "exist" } else { "be gone" }
+        ));
     }
     if let Some(phase) = &expect.phase {
-        let got = resource.pointer(&format!("/status/{}", rules.resource.status.phase)).and_then(Value::as_str).unwrap_or("");
+        let got = resource
+            .pointer(&format!("/status/{}", rules.resource.status.phase))
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if got != phase {
             problems.push(format!("expected phase {phase}, got `{got}`"));
         }
@@ -355,17 +391,23 @@ fn run_step(rules: &Rules, world: &mut World<'_>, step: &Step) -> Result<(), Str
     if let Some(want) = expect.execution_exists
         && want != execution.is_some()
     {
-        problems.push(format!("expected the execution object to {}", if want { "exist" } else { "be absent" }));
+        problems.push(format!(
+            "expected the execution object to {}",
+            if want { "exist" } else { "be absent" }
+        ));
     }
     let ex = execution.unwrap_or(Value::Null);
     for (path, want) in &expect.execution {
         check_path(&ex, path, want, "execution", &mut problems);
     }
     if let Some(want) = &expect.events {
-        let got: Vec<Value> = effects.iter().filter_map(|e| match e {
-            Effect::Event(ev) => serde_json::to_value(ev).ok(),
-            _ => None,
-        }).collect();
+        let got: Vec<Value> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Event(ev) => serde_json::to_value(ev).ok(),
+                _ => None,
+            })
+            .collect();
         compare_list("events", want, &got, &mut problems);
     }
     if let Some(want) = &expect.metrics {
@@ -376,12 +418,20 @@ fn run_step(rules: &Rules, world: &mut World<'_>, step: &Step) -> Result<(), Str
         compare_list("metrics", want, &got, &mut problems);
     }
     if let Some(want) = &expect.audit {
-        let got: Vec<&Value> = effects.iter().filter_map(|e| match e {
-            Effect::Audit { record } => Some(record),
-            _ => None,
-        }).collect();
+        let got: Vec<&Value> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Audit { record } => Some(record),
+                _ => None,
+            })
+            .collect();
         if got.len() != want.len() {
-            problems.push(format!("expected {} audit record(s), got {}: {}", want.len(), got.len(), serde_json::to_string(&got).unwrap_or_default()));
+            problems.push(format!(
+                "expected {} audit record(s), got {}: {}",
+                want.len(),
+                got.len(),
+                serde_json::to_string(&got).unwrap_or_default()
+            ));
         } else {
             for (i, (w, g)) in want.iter().zip(got).enumerate() {
                 for (path, value) in w {
@@ -406,20 +456,36 @@ fn run_step(rules: &Rules, world: &mut World<'_>, step: &Step) -> Result<(), Str
             }
         };
         if !ok {
-            problems.push(format!("expected requeue after {want}, got {}", got.map_or("none".into(), crate::time::go_duration)));
+            problems.push(format!(
+                "expected requeue after {want}, got {}",
+                got.map_or("none".into(), crate::time::go_duration)
+            ));
         }
     }
-    let errors: Vec<&str> = world.decisions[decisions_before..].iter().filter_map(|(_, d)| d.error.as_ref().map(|e| e.category)).collect();
+    let errors: Vec<&str> = world.decisions[decisions_before..]
+        .iter()
+        .filter_map(|(_, d)| d.error.as_ref().map(|e| e.category))
+        .collect();
     match (&expect.error, errors.first()) {
         (Some(want), Some(got)) if want == got => {}
-        (Some(want), got) => problems.push(format!("expected a {want} error, got {}", got.unwrap_or(&"none"))),
+        (Some(want), got) => problems.push(format!(
+            "expected a {want} error, got {}",
+            got.unwrap_or(&"none")
+        )),
         (None, Some(_)) => {
-            let msgs: Vec<String> = world.decisions[decisions_before..].iter().filter_map(|(_, d)| d.error.as_ref().map(|e| e.to_string())).collect();
+            let msgs: Vec<String> = world.decisions[decisions_before..]
+                .iter()
+                .filter_map(|(_, d)| d.error.as_ref().map(|e| e.to_string()))
+                .collect();
             problems.push(format!("unexpected rules error: {}", msgs.join("; ")));
         }
         (None, None) => {}
     }
-    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
 }
 
 fn effect_name(e: &Effect) -> &'static str {
@@ -453,8 +519,12 @@ fn check_path(doc: &Value, path: &str, want: &Value, what: &str, problems: &mut 
 /// `want` matches `got` when equal, or (objects) when every field of `want` matches.
 fn values_match(got: &Value, want: &Value) -> bool {
     match (got, want) {
-        (Value::Object(g), Value::Object(w)) => w.iter().all(|(k, wv)| g.get(k).is_some_and(|gv| values_match(gv, wv))),
-        (Value::Array(g), Value::Array(w)) => g.len() == w.len() && g.iter().zip(w).all(|(a, b)| values_match(a, b)),
+        (Value::Object(g), Value::Object(w)) => w
+            .iter()
+            .all(|(k, wv)| g.get(k).is_some_and(|gv| values_match(gv, wv))),
+        (Value::Array(g), Value::Array(w)) => {
+            g.len() == w.len() && g.iter().zip(w).all(|(a, b)| values_match(a, b))
+        }
         _ => loose_eq(got, want),
     }
 }
@@ -481,10 +551,21 @@ mod tests {
         for f in &files {
             let o = run_file(f, &root.join("lifecycle.yaml"));
             if !o.failures.is_empty() {
-                failures.push(format!("{} ({}): {}", o.name, f.display(), o.failures.join("; ")));
+                failures.push(format!(
+                    "{} ({}): {}",
+                    o.name,
+                    f.display(),
+                    o.failures.join("; ")
+                ));
             }
         }
-        assert!(failures.is_empty(), "{} of {} scenarios failed:\n{}", failures.len(), files.len(), failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "{} of {} scenarios failed:\n{}",
+            failures.len(),
+            files.len(),
+            failures.join("\n")
+        );
     }
 
     #[test]

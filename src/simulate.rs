@@ -79,14 +79,20 @@ impl<'r> World<'r> {
     fn stamp(&mut self, mut obj: Value) -> Value {
         if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             if !meta.contains_key("uid") {
-                meta.insert("uid".into(), Value::String(format!("00000000-0000-4000-8000-{:012}", self.next_uid)));
+                meta.insert(
+                    "uid".into(),
+                    Value::String(format!("00000000-0000-4000-8000-{:012}", self.next_uid)),
+                );
                 self.next_uid += 1;
             }
             meta.entry("creationTimestamp")
                 .or_insert_with(|| Value::String(crate::time::format_secs(self.now)));
             meta.entry("generation").or_insert(Value::from(1));
             self.resource_version += 1;
-            meta.insert("resourceVersion".into(), Value::String(self.resource_version.to_string()));
+            meta.insert(
+                "resourceVersion".into(),
+                Value::String(self.resource_version.to_string()),
+            );
         }
         obj
     }
@@ -129,9 +135,13 @@ impl<'r> World<'r> {
         let now = crate::time::format_secs(self.now);
         let gone = match &mut self.resource {
             Some(r) => {
-                let finalizers = r.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+                let finalizers = r
+                    .pointer("/metadata/finalizers")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| !a.is_empty());
                 if let Some(meta) = r.get_mut("metadata").and_then(Value::as_object_mut) {
-                    meta.entry("deletionTimestamp").or_insert(Value::String(now));
+                    meta.entry("deletionTimestamp")
+                        .or_insert(Value::String(now));
                 }
                 !finalizers
             }
@@ -150,7 +160,10 @@ impl<'r> World<'r> {
             return Err("the resource has no execution object".into());
         };
         let Some(execution) = self.objects.get(&key).cloned() else {
-            return Err(format!("{} {}/{} does not exist", key.kind, key.namespace, key.name));
+            return Err(format!(
+                "{} {}/{} does not exist",
+                key.kind, key.namespace, key.name
+            ));
         };
         let ctx = context! {
             execution => JValue::from_serialize(&execution),
@@ -165,21 +178,29 @@ impl<'r> World<'r> {
         for tree in &change.objects {
             let mut obj = engine::render_tree(t, tree, &ctx).map_err(|e| e.message)?;
             if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-                meta.entry("namespace").or_insert(Value::String(key.namespace.clone()));
+                meta.entry("namespace")
+                    .or_insert(Value::String(key.namespace.clone()));
             }
             created.push(obj);
         }
         let mut updated = execution;
         if let Some(tree) = &change.status {
             let patch = engine::render_tree(t, tree, &ctx).map_err(|e| e.message)?;
-            let status = updated.as_object_mut().map(|m| m.entry("status").or_insert(Value::Object(Map::new())));
+            let status = updated
+                .as_object_mut()
+                .map(|m| m.entry("status").or_insert(Value::Object(Map::new())));
             if let Some(status) = status {
                 apply_merge_patch(status, &patch);
             }
         }
         for obj in created {
-            let k = key_of(&obj).ok_or("a simulated object needs apiVersion, kind and metadata.name")?;
-            self.note("appears", format!("{} {}/{}", k.kind, k.namespace, k.name), Value::Null);
+            let k = key_of(&obj)
+                .ok_or("a simulated object needs apiVersion, kind and metadata.name")?;
+            self.note(
+                "appears",
+                format!("{} {}/{}", k.kind, k.namespace, k.name),
+                Value::Null,
+            );
             self.put(obj)?;
         }
         let updated = self.stamp(updated);
@@ -193,7 +214,11 @@ impl<'r> World<'r> {
             Some(k) => {
                 let removed = self.objects.remove(&k).is_some();
                 if removed {
-                    self.note("world", format!("{} {}/{} deleted externally", k.kind, k.namespace, k.name), Value::Null);
+                    self.note(
+                        "world",
+                        format!("{} {}/{} deleted externally", k.kind, k.namespace, k.name),
+                        Value::Null,
+                    );
                 }
                 removed
             }
@@ -246,7 +271,11 @@ impl<'r> World<'r> {
                     .and_then(Value::as_str)
                     .unwrap_or(&self.rules.phases[self.rules.initial].name)
                     .to_string();
-                self.note("transition", format!("{t}: {from} → {}", d.phase), Value::Null);
+                self.note(
+                    "transition",
+                    format!("{t}: {from} → {}", d.phase),
+                    Value::Null,
+                );
             }
             if d.effects.is_empty() {
                 return Ok(d.requeue_after);
@@ -273,7 +302,12 @@ impl<'r> World<'r> {
         let data = serde_json::to_value(effect).unwrap_or(Value::Null);
         match effect {
             Effect::AddFinalizer { finalizer } => {
-                if let Some(meta) = self.resource.as_mut().and_then(|r| r.get_mut("metadata")).and_then(Value::as_object_mut) {
+                if let Some(meta) = self
+                    .resource
+                    .as_mut()
+                    .and_then(|r| r.get_mut("metadata"))
+                    .and_then(Value::as_object_mut)
+                {
                     let list = meta.entry("finalizers").or_insert(Value::Array(Vec::new()));
                     if let Value::Array(a) = list {
                         a.push(Value::String(finalizer.clone()));
@@ -288,7 +322,9 @@ impl<'r> World<'r> {
                         a.retain(|f| f.as_str() != Some(finalizer.as_str()));
                     }
                     gone = r.pointer("/metadata/deletionTimestamp").is_some()
-                        && r.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(|a| a.is_empty());
+                        && r.pointer("/metadata/finalizers")
+                            .and_then(Value::as_array)
+                            .is_none_or(|a| a.is_empty());
                 }
                 self.note("finalizer", format!("removed {finalizer}"), data);
                 if gone {
@@ -298,59 +334,118 @@ impl<'r> World<'r> {
             }
             Effect::CreateExecution { object } => {
                 if let Some(err) = self.fail_next.remove("create") {
-                    self.note("create", format!("failed: {} {}", err.code, err.message), data);
+                    self.note(
+                        "create",
+                        format!("failed: {} {}", err.code, err.message),
+                        data,
+                    );
                     return Some(err);
                 }
                 let Some(key) = key_of(object) else {
-                    return Some(ActionError { action: "create".into(), code: 422, reason: "Invalid".into(), message: "object has no name".into() });
+                    return Some(ActionError {
+                        action: "create".into(),
+                        code: 422,
+                        reason: "Invalid".into(),
+                        message: "object has no name".into(),
+                    });
                 };
                 if self.objects.contains_key(&key) {
-                    self.note("create", format!("{} {}/{} already exists", key.kind, key.namespace, key.name), data);
+                    self.note(
+                        "create",
+                        format!("{} {}/{} already exists", key.kind, key.namespace, key.name),
+                        data,
+                    );
                     return None;
                 }
-                self.note("create", format!("{} {}/{} (lock held)", key.kind, key.namespace, key.name), data);
+                self.note(
+                    "create",
+                    format!("{} {}/{} (lock held)", key.kind, key.namespace, key.name),
+                    data,
+                );
                 let obj = self.stamp(object.clone());
                 self.objects.insert(key, obj);
             }
             Effect::DeleteExecution { key, uid } => {
                 if let Some(err) = self.fail_next.remove("delete") {
-                    self.note("delete", format!("failed: {} {}", err.code, err.message), data);
+                    self.note(
+                        "delete",
+                        format!("failed: {} {}", err.code, err.message),
+                        data,
+                    );
                     return Some(err);
                 }
                 let matches = self.objects.get(key).is_some_and(|o| {
-                    uid.is_none() || o.pointer("/metadata/uid").and_then(Value::as_str) == uid.as_deref()
+                    uid.is_none()
+                        || o.pointer("/metadata/uid").and_then(Value::as_str) == uid.as_deref()
                 });
                 if matches {
                     self.objects.remove(key);
-                    self.note("delete", format!("{} {}/{} (lock released)", key.kind, key.namespace, key.name), data);
+                    self.note(
+                        "delete",
+                        format!(
+                            "{} {}/{} (lock released)",
+                            key.kind, key.namespace, key.name
+                        ),
+                        data,
+                    );
                 } else {
-                    self.note("delete", format!("{} {}/{} was already gone", key.kind, key.namespace, key.name), data);
+                    self.note(
+                        "delete",
+                        format!(
+                            "{} {}/{} was already gone",
+                            key.kind, key.namespace, key.name
+                        ),
+                        data,
+                    );
                 }
             }
             Effect::PatchStatus { patch } => {
                 let fields = changed_fields(patch, "");
                 if let Some(r) = self.resource.as_mut() {
-                    let status = r.as_object_mut().map(|m| m.entry("status").or_insert(Value::Object(Map::new())));
+                    let status = r
+                        .as_object_mut()
+                        .map(|m| m.entry("status").or_insert(Value::Object(Map::new())));
                     if let Some(status) = status {
                         apply_merge_patch(status, patch);
                     }
                 }
                 self.resource_version += 1;
                 let rv = self.resource_version.to_string();
-                if let Some(meta) = self.resource.as_mut().and_then(|r| r.get_mut("metadata")).and_then(Value::as_object_mut) {
+                if let Some(meta) = self
+                    .resource
+                    .as_mut()
+                    .and_then(|r| r.get_mut("metadata"))
+                    .and_then(Value::as_object_mut)
+                {
                     meta.insert("resourceVersion".into(), Value::String(rv));
                 }
                 self.note("status", fields.join(", "), data);
             }
-            Effect::Event(e) => self.note("event", format!("{} {}: {}", e.kind, e.reason, e.message), data),
+            Effect::Event(e) => self.note(
+                "event",
+                format!("{} {}: {}", e.kind, e.reason, e.message),
+                data,
+            ),
             Effect::Audit { record } => {
-                let kind = record.get("event_type").or_else(|| record.get("type")).and_then(Value::as_str).unwrap_or("record");
-                let id = record.get(&self.rules.audit.id_field).and_then(Value::as_str).unwrap_or("");
+                let kind = record
+                    .get("event_type")
+                    .or_else(|| record.get("type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("record");
+                let id = record
+                    .get(&self.rules.audit.id_field)
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 self.note("audit", format!("{kind} (id {id})"), data);
             }
             Effect::Metric(m) => {
-                let labels: Vec<String> = m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                self.note("metric", format!("{}{{{}}} {}", m.name, labels.join(","), m.value), data);
+                let labels: Vec<String> =
+                    m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                self.note(
+                    "metric",
+                    format!("{}{{{}}} {}", m.name, labels.join(","), m.value),
+                    data,
+                );
             }
         }
         None
@@ -362,7 +457,11 @@ pub fn key_of(obj: &Value) -> Option<ObjectKey> {
     Some(ObjectKey {
         api_version: obj.get("apiVersion")?.as_str()?.to_string(),
         kind: obj.get("kind")?.as_str()?.to_string(),
-        namespace: obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default().to_string(),
+        namespace: obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
         name: obj.pointer("/metadata/name")?.as_str()?.to_string(),
     })
 }
@@ -373,7 +472,11 @@ fn changed_fields(patch: &Value, prefix: &str) -> Vec<String> {
         Value::Object(m) if !m.is_empty() => m
             .iter()
             .flat_map(|(k, v)| {
-                let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 if v.is_object() && k != "conditions" {
                     changed_fields(v, &name)
                 } else if v.is_null() {
@@ -416,7 +519,12 @@ pub struct Script {
 }
 
 /// Runs a script to its end and returns the world.
-pub fn run<'r>(rules: &'r Rules, resource: Value, start: f64, script: &Script) -> Result<World<'r>, String> {
+pub fn run<'r>(
+    rules: &'r Rules,
+    resource: Value,
+    start: f64,
+    script: &Script,
+) -> Result<World<'r>, String> {
     let mut world = World::new(rules, resource, start);
     world.note("resource", "created".into(), Value::Null);
     let outcome_change = if script.outcome == "deleted" {
@@ -439,7 +547,8 @@ pub fn run<'r>(rules: &'r Rules, resource: Value, start: f64, script: &Script) -
                 })?,
         )
     };
-    let outcome = json!({"name": script.outcome, "reason": script.reason, "message": script.message});
+    let outcome =
+        json!({"name": script.outcome, "reason": script.reason, "message": script.message});
     let mut created_at: Option<f64> = None;
     let mut started = false;
     let mut ended = false;
@@ -462,9 +571,18 @@ pub fn run<'r>(rules: &'r Rules, resource: Value, start: f64, script: &Script) -
             next.push((world.now + r.max(0.0), 2));
         }
         next.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        let Some(&(at, what)) = next.first() else { break };
+        let Some(&(at, what)) = next.first() else {
+            break;
+        };
         if at - start > script.limit {
-            world.note("stop", format!("time limit of {} reached", crate::time::go_duration(script.limit)), Value::Null);
+            world.note(
+                "stop",
+                format!(
+                    "time limit of {} reached",
+                    crate::time::go_duration(script.limit)
+                ),
+                Value::Null,
+            );
             break;
         }
         world.now = at.max(world.now);
@@ -487,7 +605,11 @@ pub fn run<'r>(rules: &'r Rules, resource: Value, start: f64, script: &Script) -
                             world.delete_execution();
                         }
                         Some(change) => {
-                            world.note("world", format!("execution object outcome: {}", script.outcome), Value::Null);
+                            world.note(
+                                "world",
+                                format!("execution object outcome: {}", script.outcome),
+                                Value::Null,
+                            );
                             world.apply_change(change, &outcome)?;
                         }
                     }

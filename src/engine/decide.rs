@@ -2,8 +2,8 @@
 
 use super::status::{self, Condition};
 use super::{
-    ActionError, DecideError, Decision, Effect, EventRecord, MetricRecord, ObjectKey,
-    Observation, RelatedRequest,
+    ActionError, DecideError, Decision, Effect, EventRecord, MetricRecord, ObjectKey, Observation,
+    RelatedRequest,
 };
 use crate::expr::{Env, Pred, PredError, Root};
 use crate::render::{RenderError, Templates, Tmpl};
@@ -178,7 +178,11 @@ impl<'a> Decider<'a> {
             .filter(|s| !s.is_empty())
             .map(str::to_string)
             .unwrap_or_else(|| rules.phases[rules.initial].name.clone());
-        let owned = Value::Bool(obs.execution.as_ref().is_some_and(|ex| is_owned(rules, &obs.resource, ex)));
+        let owned = Value::Bool(
+            obs.execution
+                .as_ref()
+                .is_some_and(|ex| is_owned(rules, &obs.resource, ex)),
+        );
         let error = obs
             .error
             .as_ref()
@@ -223,7 +227,9 @@ impl<'a> Decider<'a> {
             Some((v, t)) => (v.clone(), t.clone()),
             None => (JValue::UNDEFINED, JValue::UNDEFINED),
         };
-        let item = item.map(JValue::from_serialize).unwrap_or(JValue::UNDEFINED);
+        let item = item
+            .map(JValue::from_serialize)
+            .unwrap_or(JValue::UNDEFINED);
         context! {
             values => self.jvalues.clone(),
             validation => self.jvalidation.clone(),
@@ -292,7 +298,12 @@ impl<'a> Decider<'a> {
             ValueKind::Count(p, f) => {
                 Value::from(self.filtered(p, f.as_ref()).map_err(ctx_err)?.len())
             }
-            ValueKind::Find(p, f) => match self.filtered(p, f.as_ref()).map_err(ctx_err)?.into_iter().next() {
+            ValueKind::Find(p, f) => match self
+                .filtered(p, f.as_ref())
+                .map_err(ctx_err)?
+                .into_iter()
+                .next()
+            {
                 Some((i, v)) => json!({"index": i, "value": v}),
                 None => rule.default.clone(),
             },
@@ -337,7 +348,9 @@ impl<'a> Decider<'a> {
     }
 
     fn first(&self, p: &crate::expr::Path) -> Option<&Value> {
-        p.root().and_then(|r| self.root(r)).and_then(|doc| p.first(doc))
+        p.root()
+            .and_then(|r| self.root(r))
+            .and_then(|doc| p.first(doc))
     }
 
     fn filtered(
@@ -405,7 +418,12 @@ impl<'a> Decider<'a> {
                     "status.{} is `{}`, which the rules do not define (phases: {})",
                     rules.resource.status.phase,
                     self.phase_name,
-                    rules.phases.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+                    rules
+                        .phases
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             }));
         };
@@ -422,7 +440,10 @@ impl<'a> Decider<'a> {
         let has_finalizer = |f: &str| finalizers.contains(&f);
 
         // deletion
-        if meta.and_then(|m| m.get("deletionTimestamp")).is_some_and(|v| !v.is_null()) {
+        if meta
+            .and_then(|m| m.get("deletionTimestamp"))
+            .is_some_and(|v| !v.is_null())
+        {
             let mut effects = Vec::new();
             let Some(fin) = &rules.resource.finalizer else {
                 return Ok(self.decision(None, effects, None));
@@ -434,7 +455,9 @@ impl<'a> Decider<'a> {
                 let transition = self.transition_value("delete", &self.phase_name.clone());
                 self.effects_of(action, &transition, "delete", &mut effects, None)?;
             }
-            effects.push(Effect::RemoveFinalizer { finalizer: fin.clone() });
+            effects.push(Effect::RemoveFinalizer {
+                finalizer: fin.clone(),
+            });
             return Ok(self.decision(Some("delete".into()), effects, None));
         }
 
@@ -442,7 +465,9 @@ impl<'a> Decider<'a> {
         if let Some(fin) = &rules.resource.finalizer
             && !has_finalizer(fin)
         {
-            effects.push(Effect::AddFinalizer { finalizer: fin.clone() });
+            effects.push(Effect::AddFinalizer {
+                finalizer: fin.clone(),
+            });
         }
         let current = self
             .obs
@@ -453,7 +478,11 @@ impl<'a> Decider<'a> {
             .unwrap_or_else(|| Value::Object(Map::new()));
         let mut desired = current.clone();
         let phase_field = rules.resource.status.phase.clone();
-        set_field(&mut desired, &phase_field, Value::String(self.phase_name.clone()));
+        set_field(
+            &mut desired,
+            &phase_field,
+            Value::String(self.phase_name.clone()),
+        );
         let mut requeue: Option<f64> = None;
         let mut transition_taken: Option<String> = None;
         let mut tail = Vec::new();
@@ -468,7 +497,10 @@ impl<'a> Decider<'a> {
             if let Some(c) = &rules.cooldown
                 && c.phases.contains(&phase_index)
             {
-                let since = desired.get(&c.since).and_then(Value::as_str).and_then(crate::time::parse_secs);
+                let since = desired
+                    .get(&c.since)
+                    .and_then(Value::as_str)
+                    .and_then(crate::time::parse_secs);
                 let since = match since {
                     Some(s) => s,
                     None => {
@@ -476,7 +508,9 @@ impl<'a> Decider<'a> {
                         self.now
                     }
                 };
-                let released = condition_status(&current, &rules.resource.status.conditions, &c.marker) == Some("True");
+                let released =
+                    condition_status(&current, &rules.resource.status.conditions, &c.marker)
+                        == Some("True");
                 let applies = match &c.when {
                     Some(w) => self.test(w, &c.deps)?,
                     None => true,
@@ -492,10 +526,29 @@ impl<'a> Decider<'a> {
                         let vars = self.vars(&c.release, &transition)?;
                         self.apply_status(&c.release, &mut desired, (&vars, &transition))?;
                         let list = conditions_mut(&mut desired, &rules.resource.status.conditions);
-                        if !list.iter().any(|x| x.get("type").and_then(Value::as_str) == Some(c.marker.as_str()) && x.get("status").and_then(Value::as_str) == Some("True")) {
-                            status::set_condition(list, Condition { kind: &c.marker, status: "True".into(), reason: "Released".into(), message: String::new() }, &self.now_text, self.generation());
+                        if !list.iter().any(|x| {
+                            x.get("type").and_then(Value::as_str) == Some(c.marker.as_str())
+                                && x.get("status").and_then(Value::as_str) == Some("True")
+                        }) {
+                            status::set_condition(
+                                list,
+                                Condition {
+                                    kind: &c.marker,
+                                    status: "True".into(),
+                                    reason: "Released".into(),
+                                    message: String::new(),
+                                },
+                                &self.now_text,
+                                self.generation(),
+                            );
                         }
-                        self.effects_of(&c.release, &transition, "release", &mut tail, Some(&vars))?;
+                        self.effects_of(
+                            &c.release,
+                            &transition,
+                            "release",
+                            &mut tail,
+                            Some(&vars),
+                        )?;
                         transition_taken = Some("release".into());
                     } else {
                         requeue = Some(due - self.now);
@@ -508,7 +561,10 @@ impl<'a> Decider<'a> {
                     if !self.test(&v.require, &v.deps)? {
                         self.ensure(&v.deps)?;
                         let ctx = self.ctx(None, None);
-                        let message = rules.templates.text(&v.message, &ctx).map_err(template_error)?;
+                        let message = rules
+                            .templates
+                            .text(&v.message, &ctx)
+                            .map_err(template_error)?;
                         self.validation = json!({"rule": v.name, "message": message});
                         self.jvalidation = JValue::from_serialize(&self.validation);
                         break;
@@ -523,7 +579,9 @@ impl<'a> Decider<'a> {
                 if !guard {
                     continue;
                 }
-                if t.action.execution == Some(ExecutionAction::Create) && self.owned != Value::Bool(true) {
+                if t.action.execution == Some(ExecutionAction::Create)
+                    && self.owned != Value::Bool(true)
+                {
                     if self.obs.execution.is_some() || self.obs.error.is_some() {
                         continue;
                     }
@@ -531,7 +589,11 @@ impl<'a> Decider<'a> {
                     effects.push(Effect::CreateExecution { object });
                     break;
                 }
-                let to = rules.phases.get(t.to).map(|p| p.name.clone()).unwrap_or_default();
+                let to = rules
+                    .phases
+                    .get(t.to)
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default();
                 let transition = self.transition_value(&t.name, &to);
                 self.ensure(&t.action.deps)?;
                 let vars = self.vars(&t.action, &transition)?;
@@ -549,8 +611,16 @@ impl<'a> Decider<'a> {
                         message: format!(
                             "no transition of phase {} handles the error of `{}`: {}",
                             phase.name,
-                            self.obs.error.as_ref().map(|e| e.action.as_str()).unwrap_or(""),
-                            self.obs.error.as_ref().map(|e| e.message.as_str()).unwrap_or("")
+                            self.obs
+                                .error
+                                .as_ref()
+                                .map(|e| e.action.as_str())
+                                .unwrap_or(""),
+                            self.obs
+                                .error
+                                .as_ref()
+                                .map(|e| e.message.as_str())
+                                .unwrap_or("")
                         ),
                     }));
                 }
@@ -568,16 +638,36 @@ impl<'a> Decider<'a> {
 
         // the engine's own bookkeeping: recovery from an earlier rules error
         let list = conditions_mut(&mut desired, &rules.resource.status.conditions);
-        if list.iter().any(|x| x.get("type").and_then(Value::as_str) == Some(ERROR_CONDITION) && x.get("status").and_then(Value::as_str) == Some("False")) {
-            status::set_condition(list, Condition { kind: ERROR_CONDITION, status: "True".into(), reason: "Applied".into(), message: "The rules apply cleanly".into() }, &self.now_text, self.generation());
+        if list.iter().any(|x| {
+            x.get("type").and_then(Value::as_str) == Some(ERROR_CONDITION)
+                && x.get("status").and_then(Value::as_str) == Some("False")
+        }) {
+            status::set_condition(
+                list,
+                Condition {
+                    kind: ERROR_CONDITION,
+                    status: "True".into(),
+                    reason: "Applied".into(),
+                    message: "The rules apply cleanly".into(),
+                },
+                &self.now_text,
+                self.generation(),
+            );
         }
         if conditions_mut(&mut desired, &rules.resource.status.conditions).is_empty()
             && current.get(&rules.resource.status.conditions).is_none()
+            && let Value::Object(m) = &mut desired
         {
-            if let Value::Object(m) = &mut desired {
-                m.remove(&rules.resource.status.conditions);
-            }
+            m.remove(&rules.resource.status.conditions);
         }
+        // Audit records go out before the status write that records their transition: if the
+        // process dies in between, the transition is taken again and the record is sent again
+        // with the same id (at least once). Events and metrics follow the write, so that they
+        // are not repeated when the write loses a conflict.
+        let (audits, rest): (Vec<Effect>, Vec<Effect>) = tail
+            .into_iter()
+            .partition(|e| matches!(e, Effect::DeleteExecution { .. } | Effect::Audit { .. }));
+        effects.extend(audits);
         if let Some(patch) = self.status_patch(&current, desired) {
             // the status reflects what was observed before the execution object is created
             let at = effects
@@ -586,7 +676,7 @@ impl<'a> Decider<'a> {
                 .unwrap_or(effects.len());
             effects.insert(at, Effect::PatchStatus { patch });
         }
-        effects.extend(tail);
+        effects.extend(rest);
         if transition_taken.is_some() {
             requeue = Some(0.0);
         }
@@ -594,7 +684,10 @@ impl<'a> Decider<'a> {
     }
 
     fn generation(&self) -> Option<i64> {
-        self.obs.resource.pointer("/metadata/generation").and_then(Value::as_i64)
+        self.obs
+            .resource
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
     }
 
     fn status_patch(&self, current: &Value, mut desired: Value) -> Option<Value> {
@@ -611,7 +704,12 @@ impl<'a> Decider<'a> {
         status::merge_patch(current, &desired)
     }
 
-    fn decision(&self, transition: Option<String>, effects: Vec<Effect>, requeue: Option<f64>) -> Decision {
+    fn decision(
+        &self,
+        transition: Option<String>,
+        effects: Vec<Effect>,
+        requeue: Option<f64>,
+    ) -> Decision {
         Decision {
             phase: self.phase_name.clone(),
             transition,
@@ -635,7 +733,17 @@ impl<'a> Decider<'a> {
         let mut desired = current.clone();
         let message = e.message.clone();
         let list = conditions_mut(&mut desired, &rules.resource.status.conditions);
-        status::set_condition(list, Condition { kind: ERROR_CONDITION, status: "False".into(), reason: e.category.to_string(), message: truncate(&message, 32 * 1024) }, &self.now_text, self.generation());
+        status::set_condition(
+            list,
+            Condition {
+                kind: ERROR_CONDITION,
+                status: "False".into(),
+                reason: e.category.to_string(),
+                message: truncate(&message, 32 * 1024),
+            },
+            &self.now_text,
+            self.generation(),
+        );
         let mut effects = Vec::new();
         if let Some(patch) = self.status_patch(&current, desired) {
             effects.push(Effect::PatchStatus { patch });
@@ -665,7 +773,11 @@ impl<'a> Decider<'a> {
         for (name, t) in &action.vars {
             // each var may read the ones before it
             let ctx = self.ctx(Some((&JValue::from_serialize(&vars), transition)), None);
-            let v = self.rules.templates.value(t, &ctx).map_err(template_error)?;
+            let v = self
+                .rules
+                .templates
+                .value(t, &ctx)
+                .map_err(template_error)?;
             vars.insert(name.clone(), v);
         }
         Ok(JValue::from_serialize(&vars))
@@ -681,7 +793,12 @@ impl<'a> Decider<'a> {
         })
     }
 
-    fn apply_status(&self, action: &ActionRules, desired: &mut Value, extra: (&JValue, &JValue)) -> Result<(), Stop> {
+    fn apply_status(
+        &self,
+        action: &ActionRules,
+        desired: &mut Value,
+        extra: (&JValue, &JValue),
+    ) -> Result<(), Stop> {
         let ctx = self.ctx(Some(extra), None);
         for tree in &action.status {
             if let Value::Object(m) = desired {
@@ -698,7 +815,11 @@ impl<'a> Decider<'a> {
             let cond = Condition {
                 kind: &c.kind,
                 status: t.text(&c.status, &ctx).map_err(template_error)?,
-                reason: t.text(&c.reason, &ctx).map_err(template_error)?.trim().to_string(),
+                reason: t
+                    .text(&c.reason, &ctx)
+                    .map_err(template_error)?
+                    .trim()
+                    .to_string(),
                 message: t.text(&c.message, &ctx).map_err(template_error)?,
             };
             let list = conditions_mut(desired, &self.rules.resource.status.conditions);
@@ -707,7 +828,13 @@ impl<'a> Decider<'a> {
         Ok(())
     }
 
-    fn apply_tree(&self, tree: &TmplTree, obj: &mut Map<String, Value>, path: &mut Vec<String>, ctx: &JValue) -> Result<(), Stop> {
+    fn apply_tree(
+        &self,
+        tree: &TmplTree,
+        obj: &mut Map<String, Value>,
+        path: &mut Vec<String>,
+        ctx: &JValue,
+    ) -> Result<(), Stop> {
         match tree {
             TmplTree::Map(entries) => {
                 for (k, sub) in entries {
@@ -732,7 +859,14 @@ impl<'a> Decider<'a> {
     }
 
     /// Appends the execution action, Events, audit record and metrics of `action`.
-    fn effects_of(&self, action: &ActionRules, transition: &JValue, step: &str, out: &mut Vec<Effect>, vars: Option<&JValue>) -> Result<(), Stop> {
+    fn effects_of(
+        &self,
+        action: &ActionRules,
+        transition: &JValue,
+        step: &str,
+        out: &mut Vec<Effect>,
+        vars: Option<&JValue>,
+    ) -> Result<(), Stop> {
         let computed;
         let vars = match vars {
             Some(v) => v,
@@ -753,10 +887,21 @@ impl<'a> Decider<'a> {
                     key: ObjectKey {
                         api_version: self.rules.execution.api_version.clone(),
                         kind: self.rules.execution.kind.clone(),
-                        namespace: ex.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default().to_string(),
-                        name: ex.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string(),
+                        namespace: ex
+                            .pointer("/metadata/namespace")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
+                        name: ex
+                            .pointer("/metadata/name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
                     },
-                    uid: ex.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string),
+                    uid: ex
+                        .pointer("/metadata/uid")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
                 },
             );
         }
@@ -768,7 +913,10 @@ impl<'a> Decider<'a> {
                 },
                 reason: e.reason.clone(),
                 action: e.action.clone(),
-                message: truncate(t.text(&e.message, &ctx).map_err(template_error)?.trim(), 1024),
+                message: truncate(
+                    t.text(&e.message, &ctx).map_err(template_error)?.trim(),
+                    1024,
+                ),
             }));
         }
         if !action.audit.is_empty() {
@@ -781,8 +929,14 @@ impl<'a> Decider<'a> {
                 status::deep_merge(&mut record, over);
             }
             if let Value::Object(m) = &mut record {
-                m.insert(self.rules.audit.id_field.clone(), Value::String(self.event_id(step)));
-                m.insert(self.rules.audit.time_field.clone(), Value::String(self.now_text.clone()));
+                m.insert(
+                    self.rules.audit.id_field.clone(),
+                    Value::String(self.event_id(step)),
+                );
+                m.insert(
+                    self.rules.audit.time_field.clone(),
+                    Value::String(self.now_text.clone()),
+                );
             }
             out.push(Effect::Audit { record });
         }
@@ -813,7 +967,11 @@ impl<'a> Decider<'a> {
                     message: format!("counter `{}` cannot decrease (value {value})", m.name),
                 }));
             }
-            out.push(Effect::Metric(MetricRecord { name: m.name.clone(), labels, value }));
+            out.push(Effect::Metric(MetricRecord {
+                name: m.name.clone(),
+                labels,
+                value,
+            }));
         }
         Ok(())
     }
@@ -821,60 +979,107 @@ impl<'a> Decider<'a> {
     /// A record id that is the same every time this resource takes this step.
     fn event_id(&self, step: &str) -> String {
         let meta = self.obs.resource.get("metadata");
-        let field = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str).unwrap_or_default();
+        let field = |k: &str| {
+            meta.and_then(|m| m.get(k))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        };
         let mut h = Sha256::new();
-        for part in [field("uid"), field("namespace"), field("name"), self.rules.resource.kind.as_str(), step] {
+        for part in [
+            field("uid"),
+            field("namespace"),
+            field("name"),
+            self.rules.resource.kind.as_str(),
+            step,
+        ] {
             h.update(part.as_bytes());
             h.update([0u8]);
         }
-        let hex: String = h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
-        format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+        let hex: String = h
+            .finalize()
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!(
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..32]
+        )
     }
 
     fn render_execution(&self, key: &ObjectKey) -> Result<Value, Stop> {
         let ctx = self.ctx(None, None);
-        let text = self.rules.templates.render_text(self.rules.execution.template, &ctx).map_err(template_error)?;
+        let text = self
+            .rules
+            .templates
+            .render_text(self.rules.execution.template, &ctx)
+            .map_err(template_error)?;
         let invalid = |m: String| {
             Stop::Fail(DecideError {
                 category: "ExecutionObjectInvalid",
                 message: format!("template {}: {m}", self.rules.raw.execution.template),
             })
         };
-        let mut obj: Value = serde_yaml::from_str(&text).map_err(|e| invalid(format!("rendered text is not YAML: {e}")))?;
+        let mut obj: Value = serde_yaml::from_str(&text)
+            .map_err(|e| invalid(format!("rendered text is not YAML: {e}")))?;
         let Value::Object(m) = &mut obj else {
             return Err(invalid("rendered YAML is not a mapping".into()));
         };
         for (field, want) in [("apiVersion", &key.api_version), ("kind", &key.kind)] {
             match m.get(field).and_then(Value::as_str) {
                 Some(got) if got == want => {}
-                Some(got) => return Err(invalid(format!("renders {field} `{got}`, but the rules declare `{want}`"))),
+                Some(got) => {
+                    return Err(invalid(format!(
+                        "renders {field} `{got}`, but the rules declare `{want}`"
+                    )));
+                }
                 None => {
                     m.insert(field.into(), Value::String(want.clone()));
                 }
             }
         }
-        let meta = m.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+        let meta = m
+            .entry("metadata")
+            .or_insert_with(|| Value::Object(Map::new()));
         let Value::Object(meta) = meta else {
             return Err(invalid("metadata is not a mapping".into()));
         };
         for (field, want) in [("name", &key.name), ("namespace", &key.namespace)] {
             match meta.get(field).and_then(Value::as_str) {
                 Some(got) if got == want => {}
-                Some(got) => return Err(invalid(format!("renders metadata.{field} `{got}`, but the rules give `{want}`"))),
+                Some(got) => {
+                    return Err(invalid(format!(
+                        "renders metadata.{field} `{got}`, but the rules give `{want}`"
+                    )));
+                }
                 None => {
                     meta.insert(field.into(), Value::String(want.clone()));
                 }
             }
         }
         if meta.contains_key("generateName") || meta.contains_key("ownerReferences") {
-            return Err(invalid("must not set metadata.generateName or metadata.ownerReferences".into()));
+            return Err(invalid(
+                "must not set metadata.generateName or metadata.ownerReferences".into(),
+            ));
         }
-        let labels = meta.entry("labels").or_insert_with(|| Value::Object(Map::new()));
+        let labels = meta
+            .entry("labels")
+            .or_insert_with(|| Value::Object(Map::new()));
         let Value::Object(labels) = labels else {
             return Err(invalid("metadata.labels is not a mapping".into()));
         };
         let rmeta = self.obs.resource.get("metadata");
-        let rfield = |k: &str| rmeta.and_then(|m| m.get(k)).and_then(Value::as_str).unwrap_or_default().to_string();
+        let rfield = |k: &str| {
+            rmeta
+                .and_then(|m| m.get(k))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
         let owner = &self.rules.execution.owner_labels;
         labels.insert(owner.name.clone(), Value::String(rfield("name")));
         labels.insert(owner.namespace.clone(), Value::String(rfield("namespace")));
@@ -882,8 +1087,14 @@ impl<'a> Decider<'a> {
             let Some(s) = v.as_str() else {
                 return Err(invalid(format!("label `{k}` is not a string")));
             };
-            if s.len() > 63 || !s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-                return Err(invalid(format!("label `{k}` has an invalid value `{s}` (use the label_value filter)")));
+            if s.len() > 63
+                || !s
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(invalid(format!(
+                    "label `{k}` has an invalid value `{s}` (use the label_value filter)"
+                )));
             }
         }
         Ok(obj)
@@ -921,7 +1132,11 @@ impl Env for Decider<'_> {
 
     fn duration_secs(&self, id: usize, item: Option<&Value>) -> Result<f64, PredError> {
         let ctx = self.ctx(None, item);
-        let v = self.rules.templates.eval(id, &ctx).map_err(|e| PredError(e.message))?;
+        let v = self
+            .rules
+            .templates
+            .eval(id, &ctx)
+            .map_err(|e| PredError(e.message))?;
         match v {
             Value::Number(n) => n.as_f64().ok_or_else(|| PredError("bad number".into())),
             Value::String(s) => crate::time::parse_duration(&s).map_err(PredError),
@@ -966,9 +1181,15 @@ pub fn render_tree(t: &Templates, tree: &TmplTree, ctx: &JValue) -> Result<Value
 fn is_owned(rules: &Rules, resource: &Value, execution: &Value) -> bool {
     let labels = execution.pointer("/metadata/labels");
     let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
-    let meta = |k: &str| resource.pointer(&format!("/metadata/{k}")).and_then(Value::as_str);
+    let meta = |k: &str| {
+        resource
+            .pointer(&format!("/metadata/{k}"))
+            .and_then(Value::as_str)
+    };
     let owner = &rules.execution.owner_labels;
-    label(&owner.name).is_some() && label(&owner.name) == meta("name") && label(&owner.namespace) == meta("namespace")
+    label(&owner.name).is_some()
+        && label(&owner.name) == meta("name")
+        && label(&owner.namespace) == meta("namespace")
 }
 
 fn set_field(status: &mut Value, field: &str, v: Value) {
@@ -981,8 +1202,12 @@ fn conditions_mut<'v>(status: &'v mut Value, field: &str) -> &'v mut Vec<Value> 
     if !status.is_object() {
         *status = Value::Object(Map::new());
     }
-    let Value::Object(m) = status else { unreachable!("made an object above") };
-    let entry = m.entry(field.to_string()).or_insert_with(|| Value::Array(Vec::new()));
+    let Value::Object(m) = status else {
+        unreachable!("made an object above")
+    };
+    let entry = m
+        .entry(field.to_string())
+        .or_insert_with(|| Value::Array(Vec::new()));
     if !entry.is_array() {
         *entry = Value::Array(Vec::new());
     }
@@ -1020,10 +1245,15 @@ fn check_dns_name(s: &str, max: usize) -> Result<(), String> {
     if s.len() > max {
         return Err(format!("is longer than {max} characters"));
     }
-    if !s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.') {
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+    {
         return Err("may contain only lowercase letters, digits, '-' and '.'".into());
     }
-    if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) || !s.ends_with(|c: char| c.is_ascii_alphanumeric()) {
+    if !s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || !s.ends_with(|c: char| c.is_ascii_alphanumeric())
+    {
         return Err("must start and end with a letter or digit".into());
     }
     Ok(())

@@ -168,7 +168,10 @@ mod tests {
     fn merge_patch_round_trips() {
         let cases = [
             (json!({}), json!({"a": 1})),
-            (json!({"a": 1, "b": {"c": 2}}), json!({"b": {"c": 3, "d": 4}})),
+            (
+                json!({"a": 1, "b": {"c": 2}}),
+                json!({"b": {"c": 3, "d": 4}}),
+            ),
             (json!({"l": [1, 2]}), json!({"l": [2]})),
             (json!({"a": {"b": 1}}), json!({"a": 5})),
         ];

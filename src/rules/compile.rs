@@ -1506,12 +1506,27 @@ impl Compiler<'_> {
         let simulation = raw.simulation.as_ref().map(|sim| {
             let at = root.key("simulation");
             let change = |c: &mut Self, at: DocPath, ch: &SimulatedChange| SimChange {
-                status: ch.status.as_ref().map(|s| c.tree(&at.key("status"), s, Scope::Sim, None)),
-                objects: ch.objects.iter().enumerate().map(|(i, o)| c.tree(&at.key("objects").index(i), o, Scope::Sim, None)).collect(),
+                status: ch
+                    .status
+                    .as_ref()
+                    .map(|s| c.tree(&at.key("status"), s, Scope::Sim, None)),
+                objects: ch
+                    .objects
+                    .iter()
+                    .enumerate()
+                    .map(|(i, o)| c.tree(&at.key("objects").index(i), o, Scope::Sim, None))
+                    .collect(),
             };
             SimRules {
-                started: sim.started.as_ref().map(|s| change(self, at.key("started"), s)),
-                outcomes: sim.outcomes.iter().map(|(k, o)| (k.clone(), change(self, at.key("outcomes").key(k), o))).collect(),
+                started: sim
+                    .started
+                    .as_ref()
+                    .map(|s| change(self, at.key("started"), s)),
+                outcomes: sim
+                    .outcomes
+                    .iter()
+                    .map(|(k, o)| (k.clone(), change(self, at.key("outcomes").key(k), o)))
+                    .collect(),
             }
         });
 
@@ -1745,7 +1760,10 @@ impl Compiler<'_> {
         let uses = std::mem::take(&mut self.uses);
         for (id, scope, at, vars) in &uses {
             for missing in rules.templates.missing_includes(*id) {
-                self.problem(at, format!("includes `{missing}`, which is not in the templates folder"));
+                self.problem(
+                    at,
+                    format!("includes `{missing}`, which is not in the templates folder"),
+                );
             }
             for var in rules.templates.variables(*id) {
                 let mut parts = var.split('.');
@@ -1769,7 +1787,10 @@ impl Compiler<'_> {
                 }
                 if top == "transition" {
                     if *scope != Scope::Action {
-                        self.problem(at, "`transition` is only available inside transitions and actions");
+                        self.problem(
+                            at,
+                            "`transition` is only available inside transitions and actions",
+                        );
                     }
                     continue;
                 }

@@ -16,8 +16,8 @@ mod schema;
 
 pub use compile::{
     ActionRules, CondRules, CooldownRules, Deps, EventRules, ExecutionRules, Matcher, MetricRules,
-    PhaseRules, RelatedRules, ResourceRules, SimChange, SimRules, TableRules, TmplTree, TransitionRules,
-    ValidationRules, ValueKind, ValueRules,
+    PhaseRules, RelatedRules, ResourceRules, SimChange, SimRules, TableRules, TmplTree,
+    TransitionRules, ValidationRules, ValueKind, ValueRules,
 };
 pub use schema::json_schema;
 

@@ -1,0 +1,267 @@
+//! `lifecycle run`: wires the rules, the reloader, audit, metrics and the Kubernetes shell
+//! into one process, and shuts it down cleanly on SIGTERM / Ctrl-C.
+
+use crate::audit::{self, AuditSink};
+use crate::k8s::{self, LeaseConfig, Readiness, Settings};
+use crate::metrics::Metrics;
+use crate::reload;
+use crate::rules::{LoadError, Rules};
+use clap::{Args, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings of `lifecycle run` (flags, or the environment variables named in `--help`).
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The rules file; its folder and the templates folder are watched for changes.
+    #[arg(long, env = "LIFECYCLE_RULES", default_value = "lifecycle.yaml")]
+    pub rules: PathBuf,
+    /// Override a setting of the rules (NAME=VALUE); repeatable.
+    #[arg(long = "set", value_parser = parse_setting)]
+    pub set: Vec<(String, String)>,
+    /// Kubeconfig context to use (the kubeconfig comes from KUBECONFIG or ~/.kube/config;
+    /// in a pod, the service account is used).
+    #[arg(long, env = "LIFECYCLE_CONTEXT")]
+    pub context: Option<String>,
+    /// Only govern resources in this namespace (default: all namespaces).
+    #[arg(long, env = "LIFECYCLE_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "LIFECYCLE_METRICS_ADDRESS",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub metrics_address: SocketAddr,
+    /// Reconciles running at once.
+    #[arg(long, env = "LIFECYCLE_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+    /// Audit targets: `stdout`, `file:PATH`, or the base URL of an HTTP batch endpoint
+    /// (records are POSTed to URL/api/v1/audit/events/batch); repeatable.
+    #[arg(long = "audit", env = "LIFECYCLE_AUDIT", value_delimiter = ',')]
+    pub audit: Vec<audit::Target>,
+    /// Audit records buffered before new ones are dropped (and counted).
+    #[arg(long, env = "LIFECYCLE_AUDIT_BUFFER", default_value_t = 10_000)]
+    pub audit_buffer: usize,
+    /// Elect a leader with a Lease; only the leader reconciles.
+    #[arg(long, env = "LIFECYCLE_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Namespace of the Lease (default: POD_NAMESPACE, else `default`).
+    #[arg(long, env = "LIFECYCLE_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Name of the Lease (default: the rules' component, plus `-shard-N` when sharded).
+    #[arg(long, env = "LIFECYCLE_LEASE_NAME")]
+    pub lease_name: Option<String>,
+    /// This replica's identity (default: POD_NAME, else host name and process id).
+    #[arg(long, env = "LIFECYCLE_IDENTITY")]
+    pub identity: Option<String>,
+    /// Lease validity without renewal.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// This replica's shard (0-based); with --shard-count.
+    #[arg(long, env = "LIFECYCLE_SHARD_INDEX", requires = "shard_count")]
+    pub shard_index: Option<u32>,
+    /// Number of shards: resources are split by a hash of their lock (the execution object's
+    /// name), so every resource of one target lands on one shard.
+    #[arg(long, env = "LIFECYCLE_SHARD_COUNT", requires = "shard_index")]
+    pub shard_count: Option<u32>,
+    /// Quiet time after a rules change before it is loaded.
+    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    pub reload_debounce: Duration,
+    /// Log format.
+    #[arg(long, env = "LIFECYCLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+/// Log format.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected NAME=VALUE, got `{s}`"))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::time::parse_duration(s).map(Duration::from_secs_f64)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube=warn,hyper=warn,tower=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Runs the controller; returns the process exit code.
+pub fn main(args: RunArgs) -> ExitCode {
+    init_logging(args.log_format);
+    let rules = match Rules::load(&args.rules, &args.set) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            eprintln!("{e}");
+            return match e {
+                LoadError::Unusable { .. } => ExitCode::from(2),
+                LoadError::Invalid(_) => ExitCode::from(1),
+            };
+        }
+    };
+    if let (Some(i), Some(n)) = (args.shard_index, args.shard_count)
+        && (n == 0 || i >= n)
+    {
+        eprintln!("--shard-index must be below --shard-count (got {i} of {n})");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args, rules)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "the controller stopped");
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(args: RunArgs, rules: Arc<Rules>) -> Result<(), k8s::Error> {
+    tracing::info!(rules = %rules.file.display(), revision = %rules.revision, "rules loaded");
+    let client = k8s::connect(args.context.as_deref()).await?;
+    let metrics = Arc::new(Metrics::new());
+    metrics.declare(&rules);
+    let (handle, reload_errors) = reload::start(
+        rules.clone(),
+        reload::Config {
+            file: args.rules.clone(),
+            overrides: args.set.clone(),
+            debounce: args.reload_debounce,
+            poll: Duration::from_secs(30),
+        },
+        metrics.clone(),
+    );
+    let audit = AuditSink::start(
+        audit::Config {
+            targets: args.audit.clone(),
+            buffer: args.audit_buffer,
+            ..audit::Config::default()
+        },
+        metrics.clone(),
+    );
+    let readiness = Arc::new(Readiness::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let server_state = crate::server::ServerState {
+        metrics: metrics.clone(),
+        rules: handle.clone(),
+        readiness: readiness.clone(),
+    };
+    let addr = args.metrics_address;
+    let server_stop = stopped(stop_rx.clone());
+    tokio::spawn(async move {
+        if let Err(e) = crate::server::serve(addr, server_state, server_stop).await {
+            tracing::error!(address = %addr, error = %e, "cannot serve /metrics");
+        }
+    });
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "lifecycle".into()),
+                std::process::id()
+            )
+        });
+    k8s::report_reload_errors(
+        client.clone(),
+        reload_errors,
+        rules.resource.component.clone(),
+        identity.clone(),
+    );
+    let shard = args.shard_index.zip(args.shard_count);
+    let lease = args.leader_elect.then(|| LeaseConfig {
+        namespace: args
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".into()),
+        name: args.lease_name.clone().unwrap_or_else(|| match shard {
+            Some((i, _)) => format!("{}-shard-{i}", rules.resource.component),
+            None => rules.resource.component.clone(),
+        }),
+        identity: identity.clone(),
+        duration: args.lease_duration,
+        renew: args.lease_duration / 3,
+    });
+    let settings = Settings {
+        namespace: args.namespace.clone(),
+        concurrency: args.concurrency.max(1),
+        shard,
+        instance: Some(identity),
+        lease,
+    };
+    k8s::run(
+        client,
+        handle,
+        settings,
+        metrics,
+        audit,
+        readiness,
+        stopped(stop_rx),
+    )
+    .await
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

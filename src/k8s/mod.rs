@@ -1,0 +1,385 @@
+//! The Kubernetes shell: the only module that talks to the API server.
+//!
+//! It watches the governed resources and the execution objects (as dynamic objects of the
+//! kinds the rules name), maps execution objects back to their resource through the owner
+//! labels, observes, calls [`engine::decide`], and carries out the decision's effects in order.
+//! A reconcile keeps one rule set from start to end. After an effect changes the world it
+//! decides again at once with what the API server returned, so a resource moves through
+//! several steps in one reconcile instead of waiting for its own watch events.
+
+mod lease;
+mod reconcile;
+
+pub use lease::LeaseConfig;
+
+use crate::audit::AuditSink;
+use crate::metrics::Metrics;
+use crate::reload::RulesHandle;
+use crate::rules::Rules;
+use futures::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::core::GroupVersionKind;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, discovery};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Errors of the shell.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A kind the rules need is not served by the cluster.
+    #[error("{0}")]
+    KindNotServed(String),
+    /// The API server failed in a way worth retrying.
+    #[error("transient API error: {0}")]
+    Transient(String),
+    /// The API server refused something permanently.
+    #[error("API error: {0}")]
+    Api(String),
+    /// Connecting to the cluster failed.
+    #[error("cannot connect to the cluster: {0}")]
+    Connect(String),
+}
+
+impl Error {
+    /// Stable category for metrics and logs.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::KindNotServed(_) => "KindNotServed",
+            Error::Transient(_) => "Transient",
+            Error::Api(_) => "ApiError",
+            Error::Connect(_) => "Connect",
+        }
+    }
+}
+
+/// Settings of the controller shell.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Only watch resources in this namespace (all when `None`).
+    pub namespace: Option<String>,
+    /// Reconciles running at once.
+    pub concurrency: u16,
+    /// This replica's shard and the number of shards (resources are split by a hash of the
+    /// execution object's name, which is the lock, so one lock is always on one shard).
+    pub shard: Option<(u32, u32)>,
+    /// Identity reported on Events (pod name).
+    pub instance: Option<String>,
+    /// Leader election.
+    pub lease: Option<LeaseConfig>,
+}
+
+/// Shared state of every reconcile.
+pub struct Ctx {
+    pub(crate) client: Client,
+    pub(crate) rules: RulesHandle,
+    pub(crate) resource_ar: ApiResource,
+    pub(crate) kinds: std::sync::Mutex<HashMap<(String, String), ApiResource>>,
+    pub(crate) executions: Store<DynamicObject>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) audit: AuditSink,
+    pub(crate) recorder: Recorder,
+    pub(crate) shard: Option<(u32, u32)>,
+    pub(crate) failures: std::sync::Mutex<HashMap<String, u32>>,
+}
+
+/// Readiness of the shell, for `/readyz`.
+#[derive(Default)]
+pub struct Readiness {
+    /// Caches have their first full list.
+    pub synced: AtomicBool,
+    /// This replica leads (or no election).
+    pub leading: AtomicBool,
+}
+
+/// Connects to the cluster from the kubeconfig (`KUBECONFIG`, or in-cluster).
+pub async fn connect(context: Option<&str>) -> Result<Client, Error> {
+    let options = kube::config::KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
+    let config = match kube::Config::from_kubeconfig(&options).await {
+        Ok(c) => c,
+        Err(kubeconfig_err) => match kube::Config::incluster() {
+            Ok(c) => c,
+            Err(_) => return Err(Error::Connect(kubeconfig_err.to_string())),
+        },
+    };
+    Client::try_from(config).map_err(|e| Error::Connect(e.to_string()))
+}
+
+/// Finds the API resource of a kind, with a message that says what to install when missing.
+pub async fn resolve(
+    client: &Client,
+    api_version: &str,
+    kind: &str,
+    role: &str,
+) -> Result<ApiResource, Error> {
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (g.to_string(), v.to_string()),
+        None => (String::new(), api_version.to_string()),
+    };
+    let gvk = GroupVersionKind::gvk(&group, &version, kind);
+    match discovery::pinned_kind(client, &gvk).await {
+        Ok((ar, _caps)) => Ok(ar),
+        Err(e) => Err(Error::KindNotServed(format!(
+            "the rules' {role} is {kind} ({api_version}), which this cluster does not serve ({e}); install its CustomResourceDefinition (for the default rules: kubectl apply -f deploy/crds/) and start again"
+        ))),
+    }
+}
+
+/// Runs the controller until shutdown. Returns when the shutdown future completes.
+pub async fn run(
+    client: Client,
+    rules: RulesHandle,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    audit: AuditSink,
+    readiness: Arc<Readiness>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Error> {
+    let current = rules.current();
+    let resource_ar = resolve(
+        &client,
+        &current.resource.api_version,
+        &current.resource.kind,
+        "resource",
+    )
+    .await?;
+    let execution_ar = resolve(
+        &client,
+        &current.execution.api_version,
+        &current.execution.kind,
+        "execution object",
+    )
+    .await?;
+    let mut kinds = HashMap::new();
+    kinds.insert(
+        (
+            current.execution.api_version.clone(),
+            current.execution.kind.clone(),
+        ),
+        execution_ar.clone(),
+    );
+    for r in &current.related {
+        let ar = resolve(
+            &client,
+            &r.api_version,
+            &r.kind,
+            &format!("related list `{}`", r.name),
+        )
+        .await?;
+        kinds.insert((r.api_version.clone(), r.kind.clone()), ar);
+    }
+
+    if let Some(lease) = &settings.lease {
+        lease::acquire(&client, lease).await?;
+        lease::keep(client.clone(), lease.clone());
+    }
+    readiness.leading.store(true, Ordering::SeqCst);
+
+    let resources: Api<DynamicObject> = match &settings.namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource_ar),
+        None => Api::all_with(client.clone(), &resource_ar),
+    };
+    // execution objects: only ours (they carry the owner labels), in the execution namespace
+    // when it does not depend on the resource
+    let owner = current.execution.owner_labels.clone();
+    let exec_api: Api<DynamicObject> = match fixed_execution_namespace(&current) {
+        Some(ns) => Api::namespaced_with(client.clone(), &ns, &execution_ar),
+        None => Api::all_with(client.clone(), &execution_ar),
+    };
+    let exec_selector = format!("{},{}", owner.name, owner.namespace);
+    let exec_writer = reflector::store::Writer::new(execution_ar.clone());
+    let exec_store = exec_writer.as_reader();
+    let exec_stream = reflector::reflector(
+        exec_writer,
+        watcher(exec_api, watcher::Config::default().labels(&exec_selector)).default_backoff(),
+    )
+    .touched_objects()
+    .map(|r| r.map(trim));
+    let resource_dyntype = resource_ar.clone();
+    let mapper_owner = owner.clone();
+    let map_back = move |ex: DynamicObject| {
+        let labels = ex.metadata.labels.clone().unwrap_or_default();
+        match (
+            labels.get(&mapper_owner.name),
+            labels.get(&mapper_owner.namespace),
+        ) {
+            (Some(name), Some(ns)) => {
+                Some(ObjectRef::new_with(name, resource_dyntype.clone()).within(ns))
+            }
+            _ => None,
+        }
+    };
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: current.resource.component.clone(),
+            instance: settings.instance.clone(),
+        },
+    );
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        rules: rules.clone(),
+        resource_ar: resource_ar.clone(),
+        kinds: std::sync::Mutex::new(kinds),
+        executions: exec_store.clone(),
+        metrics: metrics.clone(),
+        audit,
+        recorder,
+        shard: settings.shard,
+        failures: std::sync::Mutex::new(HashMap::new()),
+    });
+
+    // every swap of the rules reconciles every resource once
+    let mut swaps = rules.subscribe();
+    let (reconcile_all_tx, reconcile_all_rx) = futures::channel::mpsc::unbounded::<()>();
+    tokio::spawn(async move {
+        while swaps.changed().await.is_ok() {
+            if reconcile_all_tx.unbounded_send(()).is_err() {
+                return;
+            }
+        }
+    });
+
+    let controller =
+        Controller::new_with(resources, watcher::Config::default(), resource_ar.clone())
+            .with_config(ControllerConfig::default().concurrency(settings.concurrency))
+            .watches_stream_with(exec_stream, map_back, execution_ar.clone())
+            .reconcile_all_on(reconcile_all_rx)
+            .graceful_shutdown_on(shutdown);
+    let store = controller.store();
+    let ready = readiness.clone();
+    tokio::spawn(async move {
+        let _ = store.wait_until_ready().await;
+        let _ = exec_store.wait_until_ready().await;
+        ready.synced.store(true, Ordering::SeqCst);
+        tracing::info!("caches synced");
+    });
+    controller
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+/// The execution namespace when the rules compute it without the resource (settings only).
+fn fixed_execution_namespace(rules: &Rules) -> Option<String> {
+    let ctx = minijinja::context! {
+        settings => minijinja::Value::from_serialize(&rules.settings),
+    };
+    rules
+        .templates
+        .text(&rules.execution.namespace, &ctx)
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// Drops what the engine never reads before an object is cached.
+fn trim(mut obj: DynamicObject) -> DynamicObject {
+    obj.metadata.managed_fields = None;
+    obj
+}
+
+/// Shard of a lock key (FNV-1a, stable across processes and versions).
+pub fn shard_of(key: &str, count: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % u64::from(count.max(1))) as u32
+}
+
+/// Default wait after a failed reconcile, doubling per consecutive failure.
+pub(crate) fn backoff(failures: u32) -> Duration {
+    let secs = 2u64.saturating_pow(failures.min(8)).min(300);
+    Duration::from_secs(secs.max(1))
+}
+
+/// Records each rejected rules change as a Warning Event on this controller's Pod (when
+/// `POD_NAME` and `POD_NAMESPACE` say which), besides the log and `/readyz`.
+pub fn report_reload_errors(
+    client: Client,
+    mut reports: tokio::sync::mpsc::Receiver<String>,
+    component: String,
+    identity: String,
+) {
+    let pod = std::env::var("POD_NAME")
+        .ok()
+        .zip(std::env::var("POD_NAMESPACE").ok());
+    tokio::spawn(async move {
+        let recorder = Recorder::new(
+            client,
+            Reporter {
+                controller: component,
+                instance: Some(identity),
+            },
+        );
+        while let Some(report) = reports.recv().await {
+            let Some((name, namespace)) = &pod else {
+                continue;
+            };
+            let reference = k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(name.clone()),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            };
+            let mut note = report.clone();
+            if note.len() > 1000 {
+                let mut end = 1000;
+                while !note.is_char_boundary(end) {
+                    end -= 1;
+                }
+                note.truncate(end);
+            }
+            let event = kube::runtime::events::Event {
+                type_: kube::runtime::events::EventType::Warning,
+                reason: "RulesRejected".into(),
+                note: Some(note),
+                action: "Reload".into(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                tracing::warn!(error = %e, "cannot record the RulesRejected Event");
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_stable_and_spread() {
+        assert_eq!(shard_of("wfe-abc", 1), 0);
+        let a = shard_of("wfe-0123456789abcdef", 4);
+        assert_eq!(a, shard_of("wfe-0123456789abcdef", 4));
+        let mut seen = [0u32; 4];
+        for i in 0..400 {
+            seen[shard_of(&format!("wfe-{i:016x}"), 4) as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        assert_eq!(backoff(0), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(8));
+        assert_eq!(backoff(100), Duration::from_secs(256));
+    }
+}

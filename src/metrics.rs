@@ -1,0 +1,256 @@
+//! Prometheus metrics: the engine's own, and those the rules declare.
+//!
+//! Rule metrics are registered by name the first time a rule set declaring them is loaded; a
+//! reload that keeps a name keeps its series. A metric update naming an undeclared metric (which
+//! the loader prevents) is ignored rather than panicking.
+
+use crate::engine::MetricRecord;
+use crate::rules::Rules;
+use crate::rules::model::MetricKind;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+type Labels = Vec<(String, String)>;
+/// Makes histograms with a rule's buckets.
+#[derive(Clone)]
+struct HistogramMaker(std::sync::Arc<Vec<f64>>);
+
+impl MetricConstructor<Histogram> for HistogramMaker {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+enum RuleMetric {
+    Counter(Family<Labels, Counter<f64, AtomicU64>>),
+    Gauge(Family<Labels, Gauge<f64, AtomicU64>>),
+    Histogram(Family<Labels, Histogram, HistogramMaker>),
+}
+
+/// All metrics of one controller process.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    rule_metrics: Mutex<HashMap<String, RuleMetric>>,
+    /// Reconciles by result (`ok`, `error`).
+    pub reconciles: Family<Labels, Counter>,
+    /// Errors by category.
+    pub errors: Family<Labels, Counter>,
+    /// Time to compute one decision, seconds.
+    pub decision_seconds: Histogram,
+    /// Time of one whole reconcile, seconds.
+    pub reconcile_seconds: Histogram,
+    /// Rules reloads by result (`ok`, `error`).
+    pub reloads: Family<Labels, Counter>,
+    /// Kubernetes API requests made, by verb and kind.
+    pub api_requests: Family<Labels, Counter>,
+    /// Audit records dropped because the buffer was full or delivery gave up.
+    pub audit_dropped: Counter,
+    /// Audit records delivered.
+    pub audit_delivered: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with the engine's metrics.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let reconciles = Family::<Labels, Counter>::default();
+        let errors = Family::<Labels, Counter>::default();
+        let reloads = Family::<Labels, Counter>::default();
+        let api_requests = Family::<Labels, Counter>::default();
+        let decision_seconds = Histogram::new([
+            0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005,
+        ]);
+        let reconcile_seconds = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+        ]);
+        let audit_dropped = Counter::default();
+        let audit_delivered = Counter::default();
+        registry.register(
+            "lifecycle_reconciles",
+            "Reconciles by result",
+            reconciles.clone(),
+        );
+        registry.register("lifecycle_errors", "Errors by category", errors.clone());
+        registry.register(
+            "lifecycle_decision_duration_seconds",
+            "Time to compute one decision",
+            decision_seconds.clone(),
+        );
+        registry.register(
+            "lifecycle_reconcile_duration_seconds",
+            "Time of one reconcile, API calls included",
+            reconcile_seconds.clone(),
+        );
+        registry.register(
+            "lifecycle_rules_reload",
+            "Rules reloads by result",
+            reloads.clone(),
+        );
+        registry.register(
+            "lifecycle_api_requests",
+            "Kubernetes API requests by verb and kind",
+            api_requests.clone(),
+        );
+        registry.register(
+            "lifecycle_audit_dropped",
+            "Audit records dropped (buffer full or delivery abandoned)",
+            audit_dropped.clone(),
+        );
+        registry.register(
+            "lifecycle_audit_delivered",
+            "Audit records delivered",
+            audit_delivered.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            rule_metrics: Mutex::new(HashMap::new()),
+            reconciles,
+            errors,
+            decision_seconds,
+            reconcile_seconds,
+            reloads,
+            api_requests,
+            audit_dropped,
+            audit_delivered,
+        }
+    }
+
+    /// Registers the metrics a rule set declares (names already registered are kept).
+    pub fn declare(&self, rules: &Rules) {
+        let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = self.rule_metrics.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, spec) in &rules.metrics {
+            if known.contains_key(name) {
+                continue;
+            }
+            // prometheus-client appends `_total` to counters itself
+            let base = name.strip_suffix("_total").unwrap_or(name);
+            let metric = match spec.kind {
+                MetricKind::Counter => {
+                    let f = Family::<Labels, Counter<f64, AtomicU64>>::default();
+                    registry.register(base, spec.help.clone(), f.clone());
+                    RuleMetric::Counter(f)
+                }
+                MetricKind::Gauge => {
+                    let f = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+                    registry.register(name, spec.help.clone(), f.clone());
+                    RuleMetric::Gauge(f)
+                }
+                MetricKind::Histogram => {
+                    let buckets = spec.buckets.clone().unwrap_or_else(|| {
+                        vec![
+                            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                        ]
+                    });
+                    let f =
+                        Family::new_with_constructor(HistogramMaker(std::sync::Arc::new(buckets)));
+                    registry.register(name, spec.help.clone(), f.clone());
+                    RuleMetric::Histogram(f)
+                }
+            };
+            known.insert(name.clone(), metric);
+        }
+    }
+
+    /// Applies a metric update from a decision.
+    pub fn record(&self, m: &MetricRecord) {
+        let known = self.rule_metrics.lock().unwrap_or_else(|e| e.into_inner());
+        match known.get(&m.name) {
+            Some(RuleMetric::Counter(f)) => {
+                f.get_or_create(&m.labels).inc_by(m.value.max(0.0));
+            }
+            Some(RuleMetric::Gauge(f)) => {
+                f.get_or_create(&m.labels).set(m.value);
+            }
+            Some(RuleMetric::Histogram(f)) => f.get_or_create(&m.labels).observe(m.value),
+            None => {}
+        }
+    }
+
+    /// Counts one error of a category.
+    pub fn error(&self, category: &str) {
+        self.errors
+            .get_or_create(&vec![("category".to_string(), category.to_string())])
+            .inc();
+    }
+
+    /// Counts one API request.
+    pub fn api(&self, verb: &str, kind: &str) {
+        self.api_requests
+            .get_or_create(&vec![
+                ("verb".to_string(), verb.to_string()),
+                ("kind".to_string(), kind.to_string()),
+            ])
+            .inc();
+    }
+
+    /// Counts one rules reload.
+    pub fn reload(&self, result: &str) {
+        self.reloads
+            .get_or_create(&vec![("result".to_string(), result.to_string())])
+            .inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        if encode(&mut out, &registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_metrics_are_exposed_with_their_names() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let rules = Rules::load(&root.join("lifecycle.yaml"), &[]).unwrap();
+        let m = Metrics::new();
+        m.declare(&rules);
+        m.declare(&rules); // again: no double registration
+        m.record(&MetricRecord {
+            name: "workflowexecution_reconciler_total".into(),
+            labels: vec![("outcome".into(), "Completed".into())],
+            value: 1.0,
+        });
+        m.record(&MetricRecord {
+            name: "workflowexecution_reconciler_duration_seconds".into(),
+            labels: vec![("outcome".into(), "Completed".into())],
+            value: 42.0,
+        });
+        m.reload("error");
+        let text = m.encode();
+        assert!(
+            text.contains("workflowexecution_reconciler_total{outcome=\"Completed\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "workflowexecution_reconciler_duration_seconds_bucket{le=\"80.0\",outcome=\"Completed\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("lifecycle_rules_reload_total{result=\"error\"} 1"),
+            "{text}"
+        );
+    }
+}

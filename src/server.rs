@@ -1,0 +1,81 @@
+//! `/healthz`, `/readyz` and `/metrics`.
+
+use crate::k8s::Readiness;
+use crate::metrics::Metrics;
+use crate::reload::RulesHandle;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// What the endpoints report on.
+#[derive(Clone)]
+pub struct ServerState {
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Current rules and reload state.
+    pub rules: RulesHandle,
+    /// Cache and leadership state.
+    pub readiness: Arc<Readiness>,
+}
+
+/// Serves the endpoints until `shutdown` completes.
+pub async fn serve(
+    addr: SocketAddr,
+    state: ServerState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(address = %listener.local_addr()?, "serving /healthz, /readyz, /metrics");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Ready when rules are loaded, this replica leads (or stands by ready to), and the caches
+/// have their first list. The body says why not, and shows a rejected rules change.
+async fn readyz(State(s): State<ServerState>) -> impl IntoResponse {
+    let rules = s.rules.current();
+    let reload = s.rules.state();
+    let synced = s.readiness.synced.load(Ordering::SeqCst);
+    let leading = s.readiness.leading.load(Ordering::SeqCst);
+    let mut body = format!(
+        "rules: {} (revision {})\ncaches synced: {synced}\nleader: {leading}\nreloads accepted: {}, rejected: {}\n",
+        rules.file.display(),
+        rules.revision,
+        reload.accepted,
+        reload.rejected
+    );
+    if let Some(err) = &reload.last_error {
+        body.push_str("last rules change REJECTED (the rules above keep running):\n");
+        body.push_str(err);
+        body.push('\n');
+    }
+    // a standby is ready: it serves metrics and takes over when the leader goes
+    let ready = synced || !leading;
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, body)
+}
+
+async fn metrics(State(s): State<ServerState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+}
