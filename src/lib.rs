@@ -13,6 +13,8 @@ pub mod k8s;
 pub mod metrics;
 pub mod reload;
 pub mod render;
+#[cfg(test)]
+mod repo_tests;
 pub mod rules;
 pub mod scenario;
 pub mod server;

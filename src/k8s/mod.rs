@@ -258,8 +258,13 @@ pub async fn run(
     let store = controller.store();
     let ready = readiness.clone();
     tokio::spawn(async move {
-        let _ = store.wait_until_ready().await;
-        let _ = exec_store.wait_until_ready().await;
+        // a store wakes only its latest waiter, and the controller waits on it too: poll
+        for store in [&store, &exec_store] {
+            while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
+                .await
+                .is_err()
+            {}
+        }
         ready.synced.store(true, Ordering::SeqCst);
         tracing::info!("caches synced");
     });

@@ -1,0 +1,18 @@
+# Multi-stage build of the `lifecycle` binary into a distroless, non-root image.
+#   docker build -t lifecycle-engine:latest .
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+COPY tests ./tests
+RUN cargo build --release --locked --bin lifecycle
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/lifecycle /usr/local/bin/lifecycle
+COPY lifecycle.yaml /etc/lifecycle/lifecycle.yaml
+COPY templates /etc/lifecycle/templates
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/lifecycle"]
+CMD ["run", "--rules=/etc/lifecycle/lifecycle.yaml"]
