@@ -282,9 +282,17 @@ impl<'r> World<'r> {
             }
             let errored = d.error.is_some();
             for effect in &d.effects {
-                if let Some(err) = self.carry_out(effect) {
-                    pending_error = Some(err);
-                    break;
+                match self.carry_out(effect) {
+                    Outcome::Done => {}
+                    Outcome::Retry(err) => {
+                        pending_error = Some(err);
+                        break;
+                    }
+                    Outcome::Backoff(why) => {
+                        // as the controller does: give up this reconcile, retry later
+                        self.note("retry", why, Value::Null);
+                        return Ok(Some(BACKOFF_SECS));
+                    }
                 }
             }
             if errored {
@@ -296,8 +304,8 @@ impl<'r> World<'r> {
         ))
     }
 
-    /// Carries out one effect; returns the error a failing create/delete gives the rules.
-    fn carry_out(&mut self, effect: &Effect) -> Option<ActionError> {
+    /// Carries out one effect the way the controller does.
+    fn carry_out(&mut self, effect: &Effect) -> Outcome {
         self.effects.push((self.now, effect.clone()));
         let data = serde_json::to_value(effect).unwrap_or(Value::Null);
         match effect {
@@ -333,29 +341,43 @@ impl<'r> World<'r> {
                 }
             }
             Effect::CreateExecution { object } => {
-                if let Some(err) = self.fail_next.remove("create") {
-                    self.note(
-                        "create",
-                        format!("failed: {} {}", err.code, err.message),
-                        data,
-                    );
-                    return Some(err);
-                }
                 let Some(key) = key_of(object) else {
-                    return Some(ActionError {
+                    return Outcome::Retry(ActionError {
                         action: "create".into(),
                         code: 422,
                         reason: "Invalid".into(),
                         message: "object has no name".into(),
                     });
                 };
+                if let Some(err) = self.fail_next.remove("create") {
+                    self.note(
+                        "create",
+                        format!("failed: {} {} {}", err.code, err.reason, err.message),
+                        data,
+                    );
+                    if err.code == 409 {
+                        // AlreadyExists: the controller reads the object; gone again → the rules decide
+                        return if self.objects.contains_key(&key) {
+                            Outcome::Done
+                        } else {
+                            Outcome::Retry(err)
+                        };
+                    }
+                    if transient(err.code) {
+                        return Outcome::Backoff(format!(
+                            "create failed with {}: retried later",
+                            err.code
+                        ));
+                    }
+                    return Outcome::Retry(err);
+                }
                 if self.objects.contains_key(&key) {
                     self.note(
                         "create",
                         format!("{} {}/{} already exists", key.kind, key.namespace, key.name),
                         data,
                     );
-                    return None;
+                    return Outcome::Done;
                 }
                 self.note(
                     "create",
@@ -370,9 +392,14 @@ impl<'r> World<'r> {
                     self.note(
                         "delete",
                         format!("failed: {} {}", err.code, err.message),
-                        data,
+                        data.clone(),
                     );
-                    return Some(err);
+                    if err.code != 404 && err.code != 409 {
+                        return Outcome::Backoff(format!(
+                            "delete failed with {}: retried later",
+                            err.code
+                        ));
+                    }
                 }
                 let matches = self.objects.get(key).is_some_and(|o| {
                     uid.is_none()
@@ -448,8 +475,26 @@ impl<'r> World<'r> {
                 );
             }
         }
-        None
+        Outcome::Done
     }
+}
+
+/// Wait before retrying after a transient failure, as the controller's first backoff step.
+pub const BACKOFF_SECS: f64 = 1.0;
+
+/// What carrying out one effect led to.
+enum Outcome {
+    /// Done; go on.
+    Done,
+    /// A permanent failure the rules must see: decide again with it.
+    Retry(ActionError),
+    /// A transient failure: stop, retry the reconcile later.
+    Backoff(String),
+}
+
+/// Whether the controller retries an API failure with this code instead of reporting it.
+fn transient(code: u16) -> bool {
+    code == 0 || code == 409 || code == 429 || code >= 500
 }
 
 /// The identity of an object from its own fields.
