@@ -553,3 +553,75 @@ fn the_default_lifecycle_loads() {
         Err(e) => panic!("{e}"),
     }
 }
+
+#[test]
+fn the_job_lifecycle_scenarios_pass() {
+    let rules = root().join("examples/job-lifecycle.yaml");
+    let files = crate::scenario::collect(&[root().join("tests/lifecycle-job")])
+        .expect("tests/lifecycle-job has scenarios");
+    assert!(files.len() >= 10, "{files:?}");
+    let failures: Vec<String> = files
+        .iter()
+        .map(|f| crate::scenario::run_file(f, &rules))
+        .filter(|o| !o.failures.is_empty())
+        .map(|o| {
+            format!(
+                "{} ({}): {}",
+                o.name,
+                o.file.display(),
+                o.failures.join("; ")
+            )
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} scenarios failed:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn the_job_lifecycle_simulates_a_success_and_a_failure() {
+    let rules = match load_guarded(&root().join("examples/job-lifecycle.yaml"), &[]) {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => panic!("examples/job-lifecycle.yaml:\n{e}"),
+        Err(e) => panic!("{e}"),
+    };
+    let resource = crate::cli::read_object(&root().join("examples/job.yaml")).expect("example");
+    let start = crate::time::parse_secs("2026-01-01T00:00:00Z").expect("start");
+    for (outcome, phase, reason) in [
+        ("succeeded", "Succeeded", "Succeeded"),
+        ("failed", "Failed", "BackoffLimitExceeded"),
+    ] {
+        let script = crate::simulate::Script {
+            outcome: outcome.into(),
+            reason: String::new(),
+            message: String::new(),
+            after: 45.0,
+            limit: 24.0 * 3600.0,
+        };
+        let world = crate::simulate::run(&rules, resource.clone(), start, &script)
+            .unwrap_or_else(|e| panic!("{outcome}: {e}"));
+        let status = &world.resource.as_ref().expect("the resource exists")["status"];
+        assert_eq!(status["phase"], phase, "{outcome}: {status}");
+        let condition = |kind: &str| {
+            status["conditions"]
+                .as_array()
+                .and_then(|l| l.iter().find(|c| c["type"] == kind))
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert_eq!(condition("Ready")["reason"], reason, "{outcome}: {status}");
+        assert_eq!(
+            condition("LockReleased")["status"],
+            "True",
+            "{outcome}: {status}"
+        );
+        assert!(
+            world.execution().is_none(),
+            "{outcome}: the Job is deleted after the cooldown"
+        );
+    }
+}
