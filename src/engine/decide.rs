@@ -165,6 +165,8 @@ struct Decider<'a> {
     wake: Cell<Option<f64>>,
     base: JValue,
     jvalues: JValue,
+    jvalue_map: std::collections::BTreeMap<String, JValue>,
+    jobject: JValue,
     jvalidation: JValue,
     jrelated: JValue,
 }
@@ -217,6 +219,8 @@ impl<'a> Decider<'a> {
             wake: Cell::new(None),
             base,
             jvalues: JValue::from_serialize(Map::new()),
+            jvalue_map: std::collections::BTreeMap::new(),
+            jobject: JValue::from(()),
             jvalidation: JValue::from(()),
             jrelated: JValue::from_serialize(&obs.related),
         }
@@ -234,7 +238,7 @@ impl<'a> Decider<'a> {
             values => self.jvalues.clone(),
             validation => self.jvalidation.clone(),
             related => self.jrelated.clone(),
-            object => JValue::from_serialize(&self.object),
+            object => self.jobject.clone(),
             vars => vars,
             transition => transition,
             item => item,
@@ -343,7 +347,12 @@ impl<'a> Decider<'a> {
             m.insert(rule.name.clone(), result);
         }
         self.computed[index] = true;
-        self.jvalues = JValue::from_serialize(&self.values);
+        // convert only the new value; the map of template values shares the rest
+        if let Some(v) = self.values.get(&rule.name) {
+            self.jvalue_map
+                .insert(rule.name.clone(), JValue::from_serialize(v));
+        }
+        self.jvalues = JValue::from_object(self.jvalue_map.clone());
         Ok(())
     }
 
@@ -430,6 +439,7 @@ impl<'a> Decider<'a> {
         self.ensure(&rules.execution.deps)?;
         let key = self.object_key()?;
         self.object = serde_json::to_value(&key).unwrap_or(Value::Null);
+        self.jobject = JValue::from_serialize(&self.object);
         let phase = &rules.phases[phase_index];
         let meta = self.obs.resource.get("metadata");
         let finalizers: Vec<&str> = meta

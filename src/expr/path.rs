@@ -98,6 +98,49 @@ pub struct Path {
     /// Name of the second segment when it is a plain name (`$.values.NAME`), for dependencies.
     second: Option<String>,
     query: JpQuery,
+    /// The same query as plain steps, when it has only names and indices (evaluated directly,
+    /// without the general machinery).
+    simple: Option<Vec<Step>>,
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Name(String),
+    Index(usize),
+}
+
+/// Steps of a path made only of `.name`, `['name']` and `[N]` after `$`.
+fn simple_steps(source: &str) -> Option<Vec<Step>> {
+    let mut rest = source.trim().strip_prefix('$')?;
+    let mut steps = Vec::new();
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            let end = r
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(r.len());
+            if end == 0 {
+                return None;
+            }
+            steps.push(Step::Name(r[..end].to_string()));
+            rest = &r[end..];
+        } else if let Some(r) = rest.strip_prefix("['") {
+            let end = r.find('\'')?;
+            let name = &r[..end];
+            if name.contains('\\') {
+                return None;
+            }
+            steps.push(Step::Name(name.to_string()));
+            rest = r[end + 1..].strip_prefix(']')?;
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let end = r.find(']')?;
+            let n: usize = r[..end].parse().ok()?;
+            steps.push(Step::Index(n));
+            rest = &r[end + 1..];
+        } else {
+            return None;
+        }
+    }
+    Some(steps)
 }
 
 impl fmt::Debug for Path {
@@ -124,6 +167,7 @@ impl Path {
             source: source.to_string(),
             root: Some(root),
             second,
+            simple: simple_steps(&format!("${rest}")),
             query: rest_query,
         })
     }
@@ -135,6 +179,7 @@ impl Path {
             root: None,
             second: None,
             query: parse(source)?,
+            simple: simple_steps(source),
         })
     }
 
@@ -155,6 +200,9 @@ impl Path {
 
     /// Every node the path selects in `doc` (the root document, or the item for relative paths).
     pub fn select<'a>(&self, doc: &'a Value) -> Vec<&'a Value> {
+        if let Some(steps) = &self.simple {
+            return walk(doc, steps).into_iter().collect();
+        }
         // Evaluation of a parsed query over plain JSON cannot fail in a way that matters to a
         // rule: a failure means "nothing selected".
         js_path_process(&self.query, doc)
@@ -164,8 +212,23 @@ impl Path {
 
     /// The first node the path selects, if any.
     pub fn first<'a>(&self, doc: &'a Value) -> Option<&'a Value> {
+        if let Some(steps) = &self.simple {
+            return walk(doc, steps);
+        }
         self.select(doc).into_iter().next()
     }
+}
+
+fn walk<'a>(doc: &'a Value, steps: &[Step]) -> Option<&'a Value> {
+    let mut cur = doc;
+    for step in steps {
+        cur = match (step, cur) {
+            (Step::Name(n), Value::Object(m)) => m.get(n)?,
+            (Step::Index(i), Value::Array(a)) => a.get(*i)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
 }
 
 fn parse(source: &str) -> Result<JpQuery, PathError> {
@@ -250,6 +313,29 @@ mod tests {
         let err = Path::rooted("$.resource.spec[").unwrap_err();
         assert!(matches!(err, PathError::Syntax { .. }), "{err}");
         assert!(!err.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn simple_paths_agree_with_the_general_evaluator() {
+        let doc = json!({"a": {"b c": [10, {"d": 1}], "e": null}, "x": [1, 2]});
+        for src in [
+            "$.a['b c'][1].d",
+            "$.a.e",
+            "$.x[1]",
+            "$.x[5]",
+            "$.a.missing.deeper",
+            "$.x.a",
+            "$",
+        ] {
+            let fast = Path::relative(src).unwrap();
+            assert!(fast.simple.is_some(), "{src} should take the fast path");
+            let general: Vec<&Value> = js_path_process(&fast.query, &doc)
+                .map(|r| r.into_iter().map(|q| q.val()).collect())
+                .unwrap_or_default();
+            assert_eq!(fast.select(&doc), general, "{src}");
+        }
+        assert!(Path::relative("$.x[*]").unwrap().simple.is_none());
+        assert!(Path::relative("$.x[-1]").unwrap().simple.is_none());
     }
 
     #[test]
