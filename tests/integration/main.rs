@@ -1,8 +1,9 @@
 //! The integration tests: one test binary, run against a real kube-apiserver and etcd. See
 //! `support` for how the control plane is found or started, and docs/testing.md.
 
+mod controller;
 mod smoke;
-// Both hold helpers for tests still to come.
+// Helpers not every test uses.
 #[allow(dead_code)]
 mod support;
 #[allow(dead_code)]

@@ -26,7 +26,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
@@ -358,4 +360,771 @@ pub fn read_crds(dir: &Path) -> anyhow::Result<Vec<CustomResourceDefinition>> {
         }
     }
     Ok(crds)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The controller under test: RBAC from deploy/, per-test scopes, `lifecycle run` as a process.
+// ---------------------------------------------------------------------------------------------
+
+/// The repository's root folder.
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Namespace of the controller's own ServiceAccount (`lifecycle-system`), where deploy/ puts the
+/// leader-election Lease and its Role.
+pub fn controller_namespace() -> &'static str {
+    CONTROLLER_USER
+        .split(':')
+        .nth(2)
+        .expect("the controller user names a namespace")
+}
+
+/// The default execution namespace of lifecycle.yaml (`settings.executionNamespace`), where
+/// deploy/rbac.yaml grants the controller its PipelineRun and TaskRun verbs.
+pub fn default_execution_namespace() -> String {
+    let text = std::fs::read_to_string(repo_root().join("lifecycle.yaml")).expect("lifecycle.yaml");
+    let rules: serde_json::Value = serde_yaml::from_str(&text).expect("lifecycle.yaml is YAML");
+    rules["settings"]["executionNamespace"]
+        .as_str()
+        .expect("lifecycle.yaml sets settings.executionNamespace")
+        .to_string()
+}
+
+/// Every document of deploy/rbac.yaml.
+pub fn rbac_documents() -> Vec<serde_json::Value> {
+    let path = repo_root().join("deploy/rbac.yaml");
+    let text = std::fs::read_to_string(&path).expect("deploy/rbac.yaml");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| {
+            <serde_json::Value as serde::Deserialize>::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+static CLUSTER_RBAC: OnceCell<()> = OnceCell::const_new();
+
+/// Applies the ClusterRole and ClusterRoleBinding of deploy/rbac.yaml (server-side, so again and
+/// again is harmless), once per test process, and waits until the controller identity may watch
+/// WorkflowExecutions.
+pub async fn install_cluster_rbac(env: &TestEnv) {
+    CLUSTER_RBAC
+        .get_or_init(|| async {
+            use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+            let admin = env.admin().await;
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            let mut roles = 0;
+            for doc in rbac_documents() {
+                let name = doc["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                match doc["kind"].as_str() {
+                    Some("ClusterRole") => {
+                        roles += 1;
+                        let role: ClusterRole = serde_json::from_value(doc).expect("ClusterRole");
+                        Api::<ClusterRole>::all(admin.clone())
+                            .patch(&name, &params, &Patch::Apply(&role))
+                            .await
+                            .unwrap_or_else(|e| panic!("applying ClusterRole {name}: {e}"));
+                    }
+                    Some("ClusterRoleBinding") => {
+                        let binding: ClusterRoleBinding =
+                            serde_json::from_value(doc).expect("ClusterRoleBinding");
+                        Api::<ClusterRoleBinding>::all(admin.clone())
+                            .patch(&name, &params, &Patch::Apply(&binding))
+                            .await
+                            .unwrap_or_else(|e| panic!("applying ClusterRoleBinding {name}: {e}"));
+                    }
+                    _ => {}
+                }
+            }
+            assert!(roles > 0, "deploy/rbac.yaml has no ClusterRole");
+            wait_until_allowed(env, "watch", "kubernaut.ai", "workflowexecutions", None).await;
+        })
+        .await;
+}
+
+/// Creates, in `target`, every Role and RoleBinding that deploy/rbac.yaml puts in namespace
+/// `source` (same names, rules and subjects), and waits until they take effect. Panics when
+/// deploy/rbac.yaml has none there.
+pub async fn grant_namespaced_rbac(env: &TestEnv, source: &str, target: &str) {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let admin = env.admin().await;
+    let mut checks = Vec::new();
+    for mut doc in rbac_documents() {
+        if doc["metadata"]["namespace"].as_str() != Some(source) {
+            continue;
+        }
+        doc["metadata"]["namespace"] = serde_json::Value::String(target.to_string());
+        match doc["kind"].as_str() {
+            Some("Role") => {
+                let role: Role = serde_json::from_value(doc).expect("Role");
+                for rule in role.rules.iter().flatten() {
+                    let group = rule
+                        .api_groups
+                        .as_ref()
+                        .and_then(|g| g.first())
+                        .cloned()
+                        .unwrap_or_default();
+                    for resource in rule.resources.iter().flatten() {
+                        for verb in &rule.verbs {
+                            checks.push((verb.clone(), group.clone(), resource.clone()));
+                        }
+                    }
+                }
+                Api::<Role>::namespaced(admin.clone(), target)
+                    .create(&PostParams::default(), &role)
+                    .await
+                    .unwrap_or_else(|e| panic!("creating a Role of deploy/rbac.yaml: {e}"));
+            }
+            Some("RoleBinding") => {
+                let binding: RoleBinding = serde_json::from_value(doc).expect("RoleBinding");
+                Api::<RoleBinding>::namespaced(admin.clone(), target)
+                    .create(&PostParams::default(), &binding)
+                    .await
+                    .unwrap_or_else(|e| panic!("creating a RoleBinding of deploy/rbac.yaml: {e}"));
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        !checks.is_empty(),
+        "deploy/rbac.yaml grants nothing in namespace {source}"
+    );
+    for (verb, group, resource) in checks {
+        wait_until_allowed(env, &verb, &group, &resource, Some(target)).await;
+    }
+}
+
+/// Waits until the controller identity may `verb` the `resource` (RBAC takes effect through an
+/// informer in the API server, shortly after the objects are written).
+pub async fn wait_until_allowed(
+    env: &TestEnv,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    namespace: Option<&str>,
+) {
+    use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
+    let api = Api::<SelfSubjectAccessReview>::all(env.controller().await);
+    let review: SelfSubjectAccessReview = serde_json::from_value(serde_json::json!({
+        "spec": {"resourceAttributes": {
+            "verb": verb, "group": group, "resource": resource, "namespace": namespace,
+        }},
+    }))
+    .expect("SelfSubjectAccessReview");
+    let what =
+        format!("{CONTROLLER_USER} to be allowed to {verb} {resource}.{group} in {namespace:?}");
+    eventually(Duration::from_secs(20), &what, || async {
+        let r = api.create(&PostParams::default(), &review).await.ok()?;
+        r.status.filter(|s| s.allowed).map(|_| ())
+    })
+    .await;
+}
+
+/// The `kubernaut.ai/v1alpha1` WorkflowExecution resource.
+pub fn workflowexecutions() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "kubernaut.ai",
+        "v1alpha1",
+        "WorkflowExecution",
+    ))
+}
+
+/// Name of the PipelineRun (the lock) of a target: `wfe-` + 16 hex characters of its SHA-256.
+pub fn run_name(target: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(target.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("wfe-{}", &hex[..16])
+}
+
+/// A valid WorkflowExecution body (spec only) for `target`, as the orchestrator would write it.
+pub fn wfe_body(target: &str) -> serde_json::Value {
+    serde_json::json!({
+        "spec": {
+            "remediationRequestRef": {
+                "apiVersion": "kubernaut.ai/v1alpha1",
+                "kind": "RemediationRequest",
+                "name": "rr-1",
+            },
+            "workflowRef": {
+                "workflowId": "restart-deployment",
+                "version": "1.2.0",
+                "containerImage": "quay.io/kubernaut/workflows/restart-deployment:v1.2.0",
+            },
+            "targetResource": target,
+            "parameters": {"NAMESPACE": "default", "DEPLOYMENT": "nginx"},
+        }
+    })
+}
+
+/// A value of an object by JSON pointer, as text (empty when absent or not text).
+pub fn text(v: &serde_json::Value, pointer: &str) -> String {
+    v.pointer(pointer)
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The condition of `type_` in `status.conditions`, if any.
+pub fn condition(v: &serde_json::Value, type_: &str) -> Option<serde_json::Value> {
+    v.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+/// Asserts a condition's status, reason and message.
+#[track_caller]
+pub fn assert_condition(
+    v: &serde_json::Value,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+) {
+    let c = condition(v, type_).unwrap_or_else(|| {
+        panic!(
+            "no condition {type_} in {}",
+            serde_json::to_string_pretty(&v["status"]).unwrap_or_default()
+        )
+    });
+    assert_eq!(
+        (
+            c["status"].as_str(),
+            c["reason"].as_str(),
+            c["message"].as_str()
+        ),
+        (Some(status), Some(reason), Some(message)),
+        "condition {type_}: {c}"
+    );
+}
+
+/// An Event as the tests compare it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenEvent {
+    /// `Normal` or `Warning`.
+    pub type_: String,
+    /// Reason.
+    pub reason: String,
+    /// Note (the message).
+    pub note: String,
+    /// How often it was recorded (1, or the series count).
+    pub count: i32,
+    /// Reporting controller.
+    pub controller: String,
+    /// Reporting instance.
+    pub instance: String,
+}
+
+/// One test's world: a namespace for the resources, one for the PipelineRuns (with the Role and
+/// RoleBinding of deploy/rbac.yaml), a temporary folder for logs and the audit file.
+pub struct Scope {
+    /// The shared control plane.
+    pub env: &'static TestEnv,
+    /// Namespace of the WorkflowExecutions.
+    pub ns: String,
+    /// Execution namespace (PipelineRuns, TaskRuns).
+    pub exec_ns: String,
+    /// Logs, copies of the rules, the audit file.
+    pub dir: tempfile::TempDir,
+    /// An administrator client (for this test's runtime).
+    pub admin: Client,
+}
+
+impl Scope {
+    /// Creates both namespaces and grants the controller identity exactly deploy/rbac.yaml.
+    pub async fn new(prefix: &str) -> Scope {
+        let env = env().await;
+        install_cluster_rbac(env).await;
+        let ns = env.namespace(prefix).await;
+        let exec_ns = env.namespace(&format!("{prefix}-x")).await;
+        grant_namespaced_rbac(env, &default_execution_namespace(), &exec_ns).await;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{prefix}-"))
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("temporary folder");
+        Scope {
+            env,
+            ns,
+            exec_ns,
+            dir,
+            admin: env.admin().await,
+        }
+    }
+
+    /// The audit file every controller of this test appends to.
+    pub fn audit_file(&self) -> PathBuf {
+        self.dir.path().join("audit.jsonl")
+    }
+
+    /// `lifecycle run` arguments for this scope: the rules, this namespace, the controller
+    /// identity, this execution namespace, the cooldown, a 1 s poll, the audit file, text logs.
+    pub fn run_args(&self, rules: &Path, cooldown: &str) -> Vec<String> {
+        [
+            "run",
+            "--rules",
+            &rules.display().to_string(),
+            "--namespace",
+            &self.ns,
+            "--context",
+            CONTROLLER_CONTEXT,
+            "--metrics-address",
+            "127.0.0.1:0",
+            "--set",
+            &format!("executionNamespace={}", self.exec_ns),
+            "--set",
+            &format!("cooldown={cooldown}"),
+            "--set",
+            "pollInterval=1s",
+            "--audit",
+            &format!("file:{}", self.audit_file().display()),
+            "--log-format",
+            "text",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// Starts a controller on the repository's lifecycle.yaml and waits until it is ready.
+    pub async fn start(&self, label: &str, cooldown: &str) -> ControllerProcess {
+        let args = self.run_args(&repo_root().join("lifecycle.yaml"), cooldown);
+        let mut c = ControllerProcess::spawn(self.env, self.dir.path(), label, &args);
+        c.wait_ready().await;
+        c
+    }
+
+    /// WorkflowExecutions of this scope.
+    pub fn wfes(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(self.admin.clone(), &self.ns, &workflowexecutions())
+    }
+
+    /// PipelineRuns of this scope.
+    pub fn runs(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.admin.clone(),
+            &self.exec_ns,
+            &crate::tekton::pipelineruns(),
+        )
+    }
+
+    /// TaskRuns of this scope.
+    pub fn taskruns(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.admin.clone(),
+            &self.exec_ns,
+            &crate::tekton::taskruns(),
+        )
+    }
+
+    /// Creates a WorkflowExecution from a body (spec, optional metadata).
+    pub async fn create(&self, name: &str, body: serde_json::Value) -> serde_json::Value {
+        let mut object = DynamicObject::new(name, &workflowexecutions()).data(body.clone());
+        if let Some(labels) = body.pointer("/metadata/labels") {
+            object.metadata.labels = Some(serde_json::from_value(labels.clone()).expect("labels"));
+        }
+        object.data.as_object_mut().map(|m| m.remove("metadata"));
+        let created = self
+            .wfes()
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap_or_else(|e| panic!("creating WorkflowExecution {name}: {e}"));
+        serde_json::to_value(created).expect("json")
+    }
+
+    /// Creates a valid WorkflowExecution for `target`.
+    pub async fn create_wfe(&self, name: &str, target: &str) -> serde_json::Value {
+        self.create(name, wfe_body(target)).await
+    }
+
+    /// The WorkflowExecution, if it exists.
+    pub async fn get(&self, name: &str) -> Option<serde_json::Value> {
+        self.wfes()
+            .get_opt(name)
+            .await
+            .unwrap_or_else(|e| panic!("reading WorkflowExecution {name}: {e}"))
+            .map(|o| serde_json::to_value(o).expect("json"))
+    }
+
+    /// Waits (up to a minute) until the WorkflowExecution satisfies `check`; panics with its last
+    /// state otherwise.
+    pub async fn wait(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let current = self.get(name).await;
+            if let Some(v) = &current
+                && check(v)
+            {
+                return v.clone();
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for WorkflowExecution {}/{name}: {what}; last seen:\n{}",
+                    self.ns,
+                    current
+                        .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
+                        .unwrap_or_else(|| "(gone)".into())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the WorkflowExecution is in `phase`.
+    pub async fn wait_phase(&self, name: &str, phase: &str) -> serde_json::Value {
+        self.wait(name, &format!("phase {phase}"), |v| {
+            v.pointer("/status/phase")
+                .and_then(serde_json::Value::as_str)
+                == Some(phase)
+        })
+        .await
+    }
+
+    /// Waits until the WorkflowExecution is gone.
+    pub async fn wait_gone(&self, name: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while let Some(v) = self.get(name).await {
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "WorkflowExecution {}/{name} still exists:\n{}",
+                    self.ns,
+                    serde_json::to_string_pretty(&v).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The PipelineRuns in the execution namespace, by name.
+    pub async fn run_list(&self) -> Vec<serde_json::Value> {
+        let mut runs: Vec<serde_json::Value> = self
+            .runs()
+            .list(&kube::api::ListParams::default())
+            .await
+            .expect("listing PipelineRuns")
+            .items
+            .into_iter()
+            .map(|o| serde_json::to_value(o).expect("json"))
+            .collect();
+        runs.sort_by_key(|r| text(r, "/metadata/name"));
+        runs
+    }
+
+    /// The PipelineRun `name`, if it exists.
+    pub async fn run(&self, name: &str) -> Option<serde_json::Value> {
+        self.runs()
+            .get_opt(name)
+            .await
+            .unwrap_or_else(|e| panic!("reading PipelineRun {name}: {e}"))
+            .map(|o| serde_json::to_value(o).expect("json"))
+    }
+
+    /// Waits until the PipelineRun `name` exists.
+    pub async fn wait_run(&self, name: &str) -> serde_json::Value {
+        let what = format!("PipelineRun {}/{name}", self.exec_ns);
+        eventually(Duration::from_secs(60), &what, || self.run(name)).await
+    }
+
+    /// Waits until the PipelineRun `name` is gone.
+    pub async fn wait_run_gone(&self, name: &str) {
+        let what = format!("PipelineRun {}/{name} to be deleted", self.exec_ns);
+        eventually(Duration::from_secs(60), &what, || async {
+            self.run(name).await.is_none().then_some(())
+        })
+        .await
+    }
+
+    /// The Events (events.k8s.io) recorded about the WorkflowExecution `name`, oldest first.
+    pub async fn events(&self, name: &str) -> Vec<SeenEvent> {
+        use k8s_openapi::api::events::v1::Event;
+        let mut events: Vec<Event> = Api::<Event>::namespaced(self.admin.clone(), &self.ns)
+            .list(&kube::api::ListParams::default())
+            .await
+            .expect("listing Events")
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                    && e.regarding.as_ref().and_then(|r| r.kind.as_deref())
+                        == Some("WorkflowExecution")
+            })
+            .collect();
+        events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        events
+            .into_iter()
+            .map(|e| SeenEvent {
+                type_: e.type_.unwrap_or_default(),
+                reason: e.reason.unwrap_or_default(),
+                note: e.note.unwrap_or_default(),
+                count: e.series.map(|s| s.count).unwrap_or(1),
+                controller: e.reporting_controller.unwrap_or_default(),
+                instance: e.reporting_instance.unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Waits until an Event with `reason` about `name` exists, and returns all of them.
+    pub async fn wait_event(&self, name: &str, reason: &str) -> Vec<SeenEvent> {
+        let what = format!("Event {reason} about {}/{name}", self.ns);
+        eventually(Duration::from_secs(60), &what, || async {
+            let events = self.events(name).await;
+            events.iter().any(|e| e.reason == reason).then_some(events)
+        })
+        .await
+    }
+
+    /// The audit records about the WorkflowExecution `name`, in the order written.
+    pub fn audit_records(&self, name: &str) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.audit_file()).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))
+            })
+            .filter(|r| r["resource_id"] == name)
+            .collect()
+    }
+
+    /// Waits until the audit file holds a record of `event_type` about `name`; returns all of
+    /// that resource's records.
+    pub async fn wait_audit(&self, name: &str, event_type: &str) -> Vec<serde_json::Value> {
+        let what = format!("audit record {event_type} about {name}");
+        eventually(Duration::from_secs(30), &what, || async {
+            let records = self.audit_records(name);
+            records
+                .iter()
+                .any(|r| r["event_type"] == event_type)
+                .then_some(records)
+        })
+        .await
+    }
+
+    /// Plays Tekton starting the run: creates the TaskRuns of `tasks` and writes a running status.
+    pub async fn start_run(&self, run: &str, tasks: &[&str], started: &str) {
+        crate::tekton::create_taskruns(self.admin.clone(), &self.exec_ns, run, tasks).await;
+        crate::tekton::set_status(
+            &self.runs(),
+            run,
+            crate::tekton::pipelinerun_running(run, tasks, started),
+        )
+        .await;
+    }
+
+    /// Plays Tekton finishing the TaskRun of `task` with this status.
+    pub async fn finish_task(&self, run: &str, task: &str, status: serde_json::Value) {
+        crate::tekton::set_status(
+            &self.taskruns(),
+            &crate::tekton::taskrun_name(run, task),
+            status,
+        )
+        .await;
+    }
+}
+
+/// A `lifecycle run` process. Dropping it kills the process (by its id); when the test is
+/// failing, its log is printed.
+pub struct ControllerProcess {
+    /// Names this process in messages.
+    pub label: String,
+    child: Option<std::process::Child>,
+    log: PathBuf,
+    addr: Option<std::net::SocketAddr>,
+}
+
+impl ControllerProcess {
+    /// Starts `lifecycle <args>` with the test kubeconfig; its output goes to `<dir>/<label>.log`.
+    pub fn spawn(env: &TestEnv, dir: &Path, label: &str, args: &[String]) -> ControllerProcess {
+        let log = dir.join(format!("{label}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("controller log file");
+        let err = out.try_clone().expect("controller log file");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_lifecycle"))
+            .args(args)
+            .env("KUBECONFIG", env.kubeconfig())
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .current_dir(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("starting lifecycle run");
+        ControllerProcess {
+            label: label.to_string(),
+            child: Some(child),
+            log,
+            addr: None,
+        }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// Everything the process has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the process serves /readyz (its address is read from its log) and
+    /// reports its caches synced.
+    pub async fn wait_ready(&mut self) {
+        self.wait_serving().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            self.assert_running();
+            if let Some((_, body)) = self.readyz().await
+                && body.contains("caches synced: true")
+            {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("controller {} did not sync its caches", self.label);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the process serves its endpoints (a standby does too); returns the address.
+    pub async fn wait_serving(&mut self) -> std::net::SocketAddr {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while self.addr.is_none() {
+            self.assert_running();
+            self.addr = self.log().lines().find_map(|l| {
+                let rest = l.split("serving /healthz, /readyz, /metrics").nth(1)?;
+                let addr = rest.split("address=").nth(1)?.split_whitespace().next()?;
+                addr.parse::<std::net::SocketAddr>().ok()
+            });
+            if self.addr.is_none() {
+                if tokio::time::Instant::now() > deadline {
+                    panic!("controller {} does not serve /metrics", self.label);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        self.addr.expect("address")
+    }
+
+    #[track_caller]
+    fn assert_running(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!(
+                "controller {} exited ({status}):\n{}",
+                self.label,
+                self.log()
+            );
+        }
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let addr = self.addr?;
+        let response = reqwest::Client::new()
+            .get(format!("http://{addr}{path}"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?;
+        let code = response.status().as_u16();
+        Some((code, response.text().await.ok()?))
+    }
+
+    /// Status code and body of /readyz.
+    pub async fn readyz(&self) -> Option<(u16, String)> {
+        self.get("/readyz").await
+    }
+
+    /// The /metrics text.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics")
+            .await
+            .unwrap_or_else(|| panic!("controller {} serves no /metrics", self.label))
+            .1
+    }
+
+    /// The value of one metric series (`name{labels}` exactly as exposed), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series)
+    }
+
+    /// The revision of the rules this process runs, from /readyz.
+    pub async fn revision(&self) -> String {
+        let (_, body) = self.readyz().await.expect("/readyz");
+        body.split("(revision ")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .unwrap_or_else(|| panic!("no revision in /readyz: {body}"))
+            .to_string()
+    }
+
+    /// Kills the process (SIGKILL, by its id) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the process to exit on its own; returns its exit code and log.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> (Option<i32>, String) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().expect("a running process");
+            if let Some(status) = child.try_wait().expect("waiting for the controller") {
+                self.child = None;
+                return (status.code(), self.log());
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "controller {} still running after {timeout:?}:\n{}",
+                    self.label,
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- log of controller {} ({}) -----\n{}----- end of log of controller {} -----",
+                self.label,
+                self.log.display(),
+                self.log(),
+                self.label
+            );
+        }
+    }
+}
+
+/// The value of one series in a Prometheus text exposition (0 when absent).
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(series)?.strip_prefix(' ')?;
+            rest.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .unwrap_or(0.0)
 }
