@@ -436,10 +436,15 @@ impl<'a> Decider<'a> {
                 ),
             }));
         };
-        self.ensure(&rules.execution.deps)?;
-        let key = self.object_key()?;
-        self.object = serde_json::to_value(&key).unwrap_or(Value::Null);
-        self.jobject = JValue::from_serialize(&self.object);
+        // the identity may fail to render (a broken resource); deletion must still work then
+        let key = match self.ensure(&rules.execution.deps) {
+            Ok(()) => self.object_key(),
+            Err(e) => Err(e),
+        };
+        if let Ok(k) = &key {
+            self.object = serde_json::to_value(k).unwrap_or(Value::Null);
+            self.jobject = JValue::from_serialize(&self.object);
+        }
         let phase = &rules.phases[phase_index];
         let meta = self.obs.resource.get("metadata");
         let finalizers: Vec<&str> = meta
@@ -471,6 +476,7 @@ impl<'a> Decider<'a> {
             return Ok(self.decision(Some("delete".into()), effects, None));
         }
 
+        let key = key?;
         let mut effects = Vec::new();
         if let Some(fin) = &rules.resource.finalizer
             && !has_finalizer(fin)
@@ -499,8 +505,9 @@ impl<'a> Decider<'a> {
 
         if let Some(sync) = &phase.sync {
             self.ensure(&sync.deps)?;
-            let none = JValue::UNDEFINED;
-            self.apply_status(sync, &mut desired, (&none, &none))?;
+            let transition = self.transition_value("sync", &self.phase_name.clone());
+            let vars = self.vars(sync, &transition)?;
+            self.apply_status(sync, &mut desired, (&vars, &transition))?;
         }
 
         if phase.terminal {

@@ -152,6 +152,9 @@ impl fmt::Debug for Path {
 impl Path {
     /// Parses a path whose first segment names a document (`$.resource.spec`).
     pub fn rooted(source: &str) -> Result<Path, PathError> {
+        if !source.trim_start().starts_with('$') {
+            return Err(PathError::UnknownRoot(source.to_string()));
+        }
         let query = parse(source)?;
         let (root_name, rest) =
             split_first(source).ok_or_else(|| PathError::UnknownRoot(source.to_string()))?;
@@ -238,13 +241,32 @@ fn parse(source: &str) -> Result<JpQuery, PathError> {
     })
 }
 
+/// Turns the parser's multi-line report into `syntax error at character N (expected …)`.
 fn first_line(s: &str) -> String {
-    // pest errors span several lines with ASCII art; keep them readable in one line.
-    s.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.chars().all(|c| "|^-=".contains(c) || c == ' '))
-        .collect::<Vec<_>>()
-        .join(" ")
+    let column = s
+        .split("--> ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|pos| pos.split(':').nth(1))
+        .map(str::to_string);
+    let expected = s
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("= "))
+        .map(|e| {
+            e.replace("name_segment, ", "")
+                .replace(", or ALPHA", "")
+                .replace("ALPHA, ", "")
+        });
+    match (column, expected) {
+        (Some(c), Some(e)) => format!("syntax error at character {c} ({e})"),
+        (Some(c), None) => format!("syntax error at character {c}"),
+        _ => s
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
 }
 
 /// Splits `$.name…` or `$['name']…` into the name and the remainder after it.

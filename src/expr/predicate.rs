@@ -57,7 +57,7 @@ impl Pred {
     /// are relative; elsewhere it is `None` and paths are rooted.
     pub fn eval(&self, env: &dyn Env, item: Option<&Value>) -> Result<bool, PredError> {
         Ok(match self {
-            Pred::Exists(p) => first(env, p, item).is_some_and(|v| !v.is_null()),
+            Pred::Exists(p) => all(env, p, item).iter().any(|v| !v.is_null()),
             Pred::Equals(p, want) => first(env, p, item).is_some_and(|v| loose_eq(v, want)),
             Pred::In(p, wants) => {
                 first(env, p, item).is_some_and(|v| wants.iter().any(|w| loose_eq(v, w)))
@@ -121,6 +121,14 @@ impl Pred {
             Pred::Not(p) => p.visit_templates(f),
             _ => {}
         }
+    }
+}
+
+fn all<'a>(env: &'a dyn Env, path: &Path, item: Option<&'a Value>) -> Vec<&'a Value> {
+    match (path.root(), item) {
+        (Some(root), _) => env.root(root).map(|d| path.select(d)).unwrap_or_default(),
+        (None, Some(item)) => path.select(item),
+        (None, None) => Vec::new(),
     }
 }
 

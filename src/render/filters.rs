@@ -6,6 +6,7 @@
 //! | `label_value` | filter | a valid Kubernetes label value: other characters become `_`, cut to 63 bytes, non-alphanumerics trimmed from both ends |
 //! | `go_duration` | filter | seconds (or a duration text) as Go's `time.Duration` text after rounding to whole seconds |
 //! | `rfc3339` | filter | seconds since the epoch (or a timestamp text) as `YYYY-MM-DDTHH:MM:SSZ` |
+//! | `tojson` | filter | JSON text (valid YAML too); an undefined value is an error |
 //! | `index_of(x)` | filter | position of the first item equal to `x` in a list, `none` if absent |
 //! | `timestamp(t)` | function | an RFC 3339 text as seconds since the epoch; `none` for `none` |
 //! | `duration(d)` | function | a duration text (`5m`, `1h30m`) as seconds |
@@ -21,6 +22,7 @@ pub(super) fn register(env: &mut Environment<'static>) {
     env.add_filter("go_duration", go_duration);
     env.add_filter("rfc3339", rfc3339);
     env.add_filter("index_of", index_of);
+    env.add_filter("tojson", tojson);
     env.add_function("timestamp", timestamp);
     env.add_function("duration", duration);
     env.add_function("condition", condition);
@@ -106,6 +108,19 @@ fn index_of(list: &Value, needle: &Value) -> Result<Value, Error> {
         }
     }
     Ok(Value::from(()))
+}
+
+/// JSON text of a value; an undefined value is an error rather than `null`.
+fn tojson(v: &Value) -> Result<Value, Error> {
+    if v.is_undefined() {
+        return Err(Error::new(
+            ErrorKind::UndefinedError,
+            "tojson of an undefined value (a field that is not there)",
+        ));
+    }
+    serde_json::to_string(v)
+        .map(Value::from_safe_string)
+        .map_err(|e| invalid(format!("tojson: {e}")))
 }
 
 fn timestamp(v: &Value) -> Result<Value, Error> {

@@ -12,7 +12,9 @@
 
 mod filters;
 
-use minijinja::{Environment, UndefinedBehavior, Value as JValue};
+/// A template value (the context templates are rendered with).
+pub use minijinja::Value as JValue;
+use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -253,7 +255,18 @@ impl Templates {
         if !self.typed[id] {
             return self.render_text(id, ctx).map(Value::String);
         }
-        Ok(to_json(&self.eval_jinja(id, ctx)?))
+        let v = self.eval_jinja(id, ctx)?;
+        if v.is_undefined() {
+            // never a silent null: say which expression read something that is not there
+            return Err(RenderError {
+                message: format!(
+                    "undefined value: the expression in {} reads a field that is not there (write `x if x is defined else none`, or `x | default(…)`, when it may be absent)",
+                    self.names[id]
+                ),
+                line: None,
+            });
+        }
+        Ok(to_json(&v))
     }
 
     /// Evaluates expression template `id` to a template value (for truthiness tests).

@@ -380,6 +380,9 @@ pub(super) fn compile(
             message: "duplicate key: each key may appear only once in a mapping".into(),
         });
     }
+    if !c.problems.is_empty() {
+        return Err(invalid(c.problems, display));
+    }
     let doc: serde_yaml::Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
@@ -391,31 +394,33 @@ pub(super) fn compile(
                 path: "(document)".into(),
                 message: format!("YAML error: {}", strip_location(&e.to_string())),
             });
-            return Err(LoadError::Invalid(c.problems));
+            return Err(invalid(c.problems, display));
         }
     };
     let Some(raw) = c.read_file(&doc) else {
-        return Err(LoadError::Invalid(c.problems));
+        return Err(invalid(c.problems, display));
     };
     let templates_dir = dir.join(raw.templates.as_deref().unwrap_or("templates"));
     let template_files = c.load_template_files(&templates_dir, &raw);
     let rules = c.build(file, raw, overrides, &template_files, text);
     match rules {
         Some(r) if c.problems.is_empty() => Ok(r),
-        _ => {
-            let mut problems = c.problems;
-            problems.sort_by(|a, b| {
-                (a.file != display, &a.file, a.line, a.column).cmp(&(
-                    b.file != display,
-                    &b.file,
-                    b.line,
-                    b.column,
-                ))
-            });
-            problems.dedup();
-            Err(LoadError::Invalid(problems))
-        }
+        _ => Err(invalid(c.problems, display)),
     }
+}
+
+/// The problems in file order (the rules file first), without repeats.
+fn invalid(mut problems: Vec<Problem>, display: &str) -> LoadError {
+    problems.sort_by(|a, b| {
+        (a.file != display, &a.file, a.line, a.column).cmp(&(
+            b.file != display,
+            &b.file,
+            b.line,
+            b.column,
+        ))
+    });
+    problems.dedup();
+    LoadError::Invalid(problems)
 }
 
 fn strip_location(msg: &str) -> String {
@@ -471,7 +476,12 @@ impl Compiler<'_> {
                 }
                 let msg = e.inner().to_string();
                 if let Some(field) = unknown_field(&msg) {
-                    let p = path.key(&field);
+                    // the error's path may already end at the unknown key
+                    let p = if path.0.last() == Some(&Seg::Key(field.clone())) {
+                        path.clone()
+                    } else {
+                        path.key(&field)
+                    };
                     self.key_problem(
                         &p,
                         format!(
@@ -678,7 +688,10 @@ impl Compiler<'_> {
         };
         let mut names: Vec<_> = entries
             .filter_map(Result::ok)
-            .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+            .filter(|e| {
+                // follows symlinks: a mounted ConfigMap's files are links into `..data`
+                std::fs::metadata(e.path()).is_ok_and(|m| m.is_file())
+            })
             .map(|e| e.file_name().to_string_lossy().to_string())
             .filter(|n| !n.starts_with('.'))
             .collect();
@@ -787,7 +800,27 @@ impl Compiler<'_> {
             JPath::rooted(source)
         };
         match r {
-            Ok(p) => Some(p),
+            Ok(p) => {
+                let names = match p.root() {
+                    Some(Root::Values) => Some((&self.value_names, "value", "values")),
+                    Some(Root::Settings) => Some((&self.setting_names, "setting", "settings")),
+                    Some(Root::Related) => {
+                        Some((&self.related_names, "related object list", "related"))
+                    }
+                    _ => None,
+                };
+                if let (Some((known, what, section)), Some(key)) = (names, p.key())
+                    && !known.iter().any(|k| k == key)
+                    && !self.broken.contains(&format!("{section}.{key}"))
+                {
+                    let msg = format!(
+                        "`{source}` reads unknown {what} `{key}` (defined: {})",
+                        list_or_none(known)
+                    );
+                    self.problem(at, msg);
+                }
+                Some(p)
+            }
             Err(e) => {
                 self.problem(at, e.to_string());
                 None
@@ -1178,11 +1211,15 @@ impl Compiler<'_> {
                 }),
                 Some(old) => {
                     let new = match old {
-                        Value::Number(_) => v
-                            .parse::<f64>()
-                            .ok()
-                            .and_then(serde_json::Number::from_f64)
-                            .map(Value::Number),
+                        Value::Number(_) => match v.trim().parse::<i64>() {
+                            Ok(i) => Some(Value::from(i)),
+                            Err(_) => v
+                                .trim()
+                                .parse::<f64>()
+                                .ok()
+                                .and_then(serde_json::Number::from_f64)
+                                .map(Value::Number),
+                        },
                         Value::Bool(_) => v.parse::<bool>().ok().map(Value::Bool),
                         _ => Some(Value::String(v.clone())),
                     };
@@ -1266,6 +1303,14 @@ impl Compiler<'_> {
                 .filter
                 .as_ref()
                 .and_then(|f| self.pred(&at.key("where"), f, Scope::Item));
+            if let Some(f) = &filter {
+                // the shell chooses what to read before any template runs
+                let mut templated = false;
+                f.visit_templates(&mut |_| templated = true);
+                if templated {
+                    self.problem(&at.key("where"), "a related list's `where` may only use exists, equals, in and matches (with all, any, not): it is evaluated before templates can run");
+                }
+            }
             if let (Some(from), Some(name_path)) = (from, name_path) {
                 related.push(RelatedRules {
                     name: rname.clone(),
@@ -1406,8 +1451,9 @@ impl Compiler<'_> {
                 "no phases: declare at least an initial and a terminal phase",
             );
         }
+        let phases_broken = self.broken.iter().any(|b| b.starts_with("phases."));
         match initial.len() {
-            0 if !phase_names.is_empty() => self.problem(
+            0 if !phase_names.is_empty() && !phases_broken => self.problem(
                 &root.key("phases"),
                 "no initial phase: mark exactly one phase `initial: true`",
             ),
@@ -1776,12 +1822,12 @@ impl Compiler<'_> {
                     if *scope != Scope::Action {
                         self.problem(
                             at,
-                            "`vars` is only available inside transitions and actions",
+                            "`vars` is available in the effects of a transition or action (status, conditions, events, audit, metrics, vars), not in guards, values, validation or the execution object",
                         );
                     } else if let (Some(name), Some(declared)) = (second, vars)
                         && !declared.contains(name)
                     {
-                        self.problem(at, format!("`vars.{name}` is not declared in `vars` of this transition (declared: {})", list_or_none(&declared.iter().cloned().collect::<Vec<_>>())));
+                        self.problem(at, format!("`vars.{name}` is not declared: the transition that uses this must declare it in `vars` (a variable can read only those declared before it; declared here: {})", list_or_none(&declared.iter().cloned().collect::<Vec<_>>())));
                     }
                     continue;
                 }
@@ -1789,7 +1835,7 @@ impl Compiler<'_> {
                     if *scope != Scope::Action {
                         self.problem(
                             at,
-                            "`transition` is only available inside transitions and actions",
+                            "`transition` is available in the effects of a transition or action (status, conditions, events, audit, metrics, vars), not in guards, values, validation or the execution object",
                         );
                     }
                     continue;
@@ -1804,6 +1850,12 @@ impl Compiler<'_> {
                     if *scope != Scope::Item {
                         self.problem(at, "`item` is only available inside `where` filters");
                     }
+                    continue;
+                }
+                if *scope == Scope::Sim
+                    && !["execution", "object", "resource", "settings", "now"].contains(&top)
+                {
+                    self.problem(at, format!("`{top}` is not available in simulation changes: they can read execution, object, resource, settings, now and outcome"));
                     continue;
                 }
                 let Some(root) = Root::from_name(top) else {
@@ -2068,7 +2120,9 @@ impl Compiler<'_> {
     fn check_graph(&mut self, rules: &Rules) {
         let root = DocPath::root().key("phases");
         let n = rules.phases.len();
-        if n == 0 {
+        // a phase that did not parse has its own problem; a graph built without it would only
+        // add misleading ones
+        if n == 0 || self.broken.iter().any(|b| b.starts_with("phases.")) {
             return;
         }
         // reachability from the initial phase

@@ -110,13 +110,24 @@ pub struct SourceMap {
 }
 
 impl SourceMap {
-    /// Reads the positions of `text`. A syntax error is returned with its position.
+    /// Reads the positions of `text`. A syntax error, nesting deeper than [`MAX_DEPTH`], or
+    /// aliases expanding to more than [`MAX_NODES`] nodes is returned with its position.
     pub fn build(text: &str) -> Result<SourceMap, (Pos, String)> {
         let mut builder = Builder::default();
         let mut parser = Parser::new_from_str(text);
-        parser
-            .load(&mut builder, false)
-            .map_err(|e| (Pos::of(e.marker()), e.info().to_string()))?;
+        // events one by one: the parser's own `load` recurses once per nesting level
+        loop {
+            let (ev, mark) = parser
+                .next_token()
+                .map_err(|e| (Pos::of(e.marker()), e.info().to_string()))?;
+            if matches!(ev, Event::StreamEnd) {
+                break;
+            }
+            builder.on_event(ev, mark);
+            if let Some(problem) = builder.limit.take() {
+                return Err((Pos::of(&mark), problem));
+            }
+        }
         Ok(builder.map)
     }
 
@@ -159,12 +170,44 @@ enum Frame {
     },
 }
 
+/// Deepest nesting of mappings and sequences accepted.
+pub const MAX_DEPTH: usize = 100;
+/// Most nodes a document may have once every alias is expanded.
+pub const MAX_NODES: u64 = 200_000;
+
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
     map: SourceMap,
     /// Depth of a complex (non-scalar) mapping key being skipped.
     skipping_key: usize,
+    /// Expanded node counts of the open containers, innermost last, with their anchor ids.
+    sizes: Vec<(u64, usize)>,
+    /// Expanded size of each anchored node.
+    anchors: HashMap<usize, u64>,
+    /// Nodes of the document so far, aliases expanded.
+    total: u64,
+    /// A limit that was exceeded.
+    limit: Option<String>,
+}
+
+impl Builder {
+    /// Counts a finished node of `size` expanded nodes.
+    fn count(&mut self, size: u64, anchor: usize) {
+        if anchor > 0 {
+            self.anchors.insert(anchor, size);
+        }
+        match self.sizes.last_mut() {
+            Some((parent, _)) => *parent = parent.saturating_add(size),
+            None => self.total = self.total.saturating_add(size),
+        }
+        let open: u64 = self.sizes.iter().map(|(n, _)| *n).sum();
+        if self.total.saturating_add(open) > MAX_NODES && self.limit.is_none() {
+            self.limit = Some(format!(
+                "the document expands to more than {MAX_NODES} nodes once its aliases are expanded; a rules file needs far fewer (check for repeated aliases)"
+            ));
+        }
+    }
 }
 
 impl Builder {
@@ -206,6 +249,27 @@ impl MarkedEventReceiver for Builder {
             }
             return;
         }
+        match &ev {
+            Event::Scalar(_, _, anchor, _) => self.count(1, *anchor),
+            Event::Alias(id) => {
+                let size = self.anchors.get(id).copied().unwrap_or(1);
+                self.count(size, 0);
+            }
+            Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
+                self.sizes.push((1, *anchor));
+                if self.sizes.len() > MAX_DEPTH && self.limit.is_none() {
+                    self.limit = Some(format!(
+                        "nesting deeper than {MAX_DEPTH} levels; a rules file needs far fewer"
+                    ));
+                }
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                if let Some((size, anchor)) = self.sizes.pop() {
+                    self.count(size, anchor);
+                }
+            }
+            _ => {}
+        }
         match ev {
             Event::Scalar(text, ..) => {
                 if let Some(p) = self.node_path(Some(&text), mark) {
@@ -219,9 +283,19 @@ impl MarkedEventReceiver for Builder {
             }
             Event::MappingStart(..) | Event::SequenceStart(..) => {
                 let is_map = matches!(ev, Event::MappingStart(..));
+                let in_map = matches!(self.stack.last(), Some(Frame::Map { .. }));
                 match self.node_path(None, mark) {
                     Some(p) => {
-                        self.map.values.insert(p.clone(), Pos::of(&mark));
+                        // a block mapping's start mark points at its first key's colon; a map
+                        // entry's key is where people look, so such mappings keep only that
+                        if !(in_map && is_map) {
+                            let pos = if self.stack.is_empty() {
+                                Pos { line: 1, column: 1 }
+                            } else {
+                                Pos::of(&mark)
+                            };
+                            self.map.values.insert(p.clone(), pos);
+                        }
                         self.stack.push(if is_map {
                             Frame::Map {
                                 path: p,
@@ -270,6 +344,22 @@ mod tests {
         assert_eq!(m.value_pos(&kv).line, 6);
         // unknown paths fall back to the nearest ancestor
         assert_eq!(m.value_pos(&b.key("nope")), Pos { line: 2, column: 6 });
+    }
+
+    #[test]
+    fn deep_nesting_and_alias_fan_out_are_refused() {
+        let deep = format!("version: 1\nx:\n{}a", "- ".repeat(100_000));
+        let (_, msg) = SourceMap::build(&deep).unwrap_err();
+        assert!(msg.contains("nesting deeper"), "{msg}");
+        let mut fan = String::from("a: &a [");
+        fan.push_str(&"x, ".repeat(2000));
+        fan.push_str("x]\nb: [");
+        fan.push_str(&"*a, ".repeat(2000));
+        fan.push_str("*a]\n");
+        let (_, msg) = SourceMap::build(&fan).unwrap_err();
+        assert!(msg.contains("aliases"), "{msg}");
+        // ordinary anchors are fine
+        assert!(SourceMap::build("a: &a {x: 1}\nb: *a\nc: *a\n").is_ok());
     }
 
     #[test]
