@@ -85,6 +85,9 @@ struct Args {
     /// WorkflowExecution creates in flight at once.
     #[arg(long, default_value_t = 32)]
     create_concurrency: usize,
+    /// Pace the creates at this many per second (0: as fast as the API allows).
+    #[arg(long, default_value_t = 0.0)]
+    create_rate: f64,
     /// Tekton writes (TaskRun create, status patches) in flight at once.
     #[arg(long, default_value_t = 32)]
     tekton_concurrency: usize,
@@ -207,6 +210,17 @@ fn proc_stat(pid: u32) -> Option<(u32, u64)> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let num = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok());
     Some((num(1)? as u32, num(11)? + num(12)? + num(13)? + num(14)?))
+}
+
+/// This process's own CPU seconds (user + system, children not included).
+fn own_cpu_s() -> f64 {
+    let text = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = text.rfind(')').map(|i| &text[i + 1..]).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|s| s.parse().unwrap_or(0))
+        .collect();
+    (f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) as f64 / clk_tck()
 }
 
 /// (VmRSS, VmHWM) in KiB.
@@ -1189,12 +1203,16 @@ async fn create_all(
     ns: &str,
     names: &[String],
     tag: &str,
-    concurrency: usize,
+    (concurrency, rate): (usize, f64),
     track: &Shared,
     requests: &Requests,
 ) -> Vec<String> {
-    let results: Vec<Option<String>> = futures::stream::iter(names.iter().cloned())
-        .map(|name| async move {
+    let start = tokio::time::Instant::now();
+    let results: Vec<Option<String>> = futures::stream::iter(names.iter().cloned().enumerate())
+        .map(|(i, name)| async move {
+            if rate > 0.0 {
+                tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
+            }
             let obj = match workflow_execution(ns, &name, &format!("{ns}/deployment/{name}-{tag}"))
             {
                 Ok(o) => o,
@@ -1332,6 +1350,8 @@ struct SizeResult {
     cpu_to_released_s: Option<f64>,
     cpu_ms_per_lifecycle: f64,
     peak_rss_mib: f64,
+    /// This harness's own CPU over the same window, seconds.
+    harness_cpu_s: f64,
     /// kube-apiserver and etcd CPU over the same window (context for the controller's figures).
     control_plane_cpu_s: BTreeMap<String, f64>,
     controller_api_requests_per_lifecycle: Option<f64>,
@@ -1394,11 +1414,29 @@ fn machine() -> Machine {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let cpuinfo = read("/proc/cpuinfo");
     let meminfo = read("/proc/meminfo");
-    let commit = std::process::Command::new("git")
-        .args(["-C", ROOT, "rev-parse", "--short", "HEAD"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(ROOT)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let mut commit = git(&["rev-parse", "--short", "HEAD"]);
+    // the controller is built from the work tree: say when it differs from the commit
+    if !git(&[
+        "status",
+        "--porcelain",
+        "--",
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+    ])
+    .is_empty()
+    {
+        commit.push_str(" (with uncommitted changes)");
+    }
     Machine {
         cores: std::thread::available_parallelism()
             .map(|n| n.get())
@@ -1571,6 +1609,7 @@ impl Bench {
             .iter()
             .map(|(_, p)| usage(*p).map(|u| u.cpu_s).unwrap_or(0.0))
             .collect();
+        let harness0 = own_cpu_s();
         let t0 = now_ms();
 
         let creator = {
@@ -1580,7 +1619,7 @@ impl Bench {
             let track = track.clone();
             let requests = requests.clone();
             let tag = self.run_id.clone();
-            let c = self.args.create_concurrency;
+            let c = (self.args.create_concurrency, self.args.create_rate);
             tokio::spawn(async move {
                 let failures = create_all(&wfes, &ns, &names, &tag, c, &track, &requests).await;
                 (now_ms(), failures)
@@ -1704,6 +1743,7 @@ impl Bench {
         }
         result.peak_rss_mib = sampler.peak_rss_kib() as f64 / 1024.0;
         result.cpu_ms_per_lifecycle = (u_end.cpu_s - u0.cpu_s) * 1000.0 / n as f64;
+        result.harness_cpu_s = own_cpu_s() - harness0;
         for (i, (name, pid)) in cp_pids.iter().enumerate() {
             if let Some(u) = usage(*pid) {
                 result
@@ -2030,7 +2070,7 @@ impl Bench {
             &ns,
             &names,
             &self.run_id,
-            self.args.create_concurrency,
+            (self.args.create_concurrency, self.args.create_rate),
             &track,
             &requests,
         )
@@ -2259,7 +2299,11 @@ fn markdown(r: &Report) -> String {
         } else {
             s.reload
                 .iter()
-                .map(|x| f1(x.effective_ms).replace(".0", ""))
+                .map(|x| {
+                    x.effective_ms
+                        .map(|v| format!("{v:.0}"))
+                        .unwrap_or_else(|| "-".into())
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -2290,12 +2334,13 @@ fn markdown(r: &Report) -> String {
     o.push('\n');
     for s in &r.sizes {
         o.push_str(&format!(
-            "- {} N={}: creates took {:.1} s; CPU to all terminal {:.2} s, to all released {} s; control plane CPU {:?}; reconcile {}; decision {}; reconciles/min {}; status {:.0} B mean, {} B max; start-up RSS {} MiB; shutdown {} s; API requests per lifecycle by kind (own metric) {:?}; (apiserver) {:?}{}\n",
+            "- {} N={}: creates took {:.1} s; CPU to all terminal {:.2} s, to all released {} s; harness CPU {:.1} s; control plane CPU {:?}; reconcile {}; decision {}; reconciles/min {}; status {:.0} B mean, {} B max; start-up RSS {} MiB; shutdown {} s; API requests per lifecycle by kind (own metric) {:?}; (apiserver) {:?}{}\n",
             s.controller,
             s.n,
             s.create_s,
             s.cpu_to_terminal_s,
             f2(s.cpu_to_released_s),
+            s.harness_cpu_s,
             s.control_plane_cpu_s
                 .iter()
                 .map(|(k, v)| format!("{k} {v:.1} s"))
@@ -2437,7 +2482,7 @@ async fn run(args: Args) -> Result<Report> {
         settings: json!({
             "sizes": args.sizes, "fail_share": args.fail_share,
             "run_hold_s": args.run_hold.as_secs_f64(), "create_concurrency": args.create_concurrency,
-            "tekton_concurrency": args.tekton_concurrency, "cooldown": cooldown,
+            "tekton_concurrency": args.tekton_concurrency, "cooldown": cooldown, "create_rate": args.create_rate,
             "memory_size": args.memory_size, "memory_settle_s": args.memory_settle.as_secs_f64(),
             "controllers": specs.iter().map(|s| json!({"name": s.name, "command": s.command})).collect::<Vec<_>>(),
             "smoke": args.smoke,
