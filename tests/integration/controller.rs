@@ -10,8 +10,8 @@ use kube::api::{DeleteParams, PostParams};
 use serde_json::{Value, json};
 
 use crate::support::{
-    Scope, SeenEvent, assert_condition, condition, metric_value, run_name, text, unique_name,
-    wfe_body,
+    self, ConfigMapVolume, ControllerProcess, Scope, SeenEvent, assert_condition, condition,
+    metric_value, run_name, text, unique_name, wfe_body,
 };
 use crate::tekton;
 
@@ -947,4 +947,753 @@ async fn a_run_deleted_from_outside_fails_the_workflow() {
     // nothing re-creates it
     assert!(s.run(&run).await.is_none());
     assert_eq!(ctl.metric(CREATIONS_TOTAL).await, 1.0);
+}
+
+/// Drives a new resource for `target` to Running; returns the run's name and the start time.
+async fn running(s: &Scope, name: &str, target: &str) -> (String, String) {
+    s.create_wfe(name, target).await;
+    let v = s.wait_phase(name, "Running").await;
+    let run = run_name(target);
+    s.wait_run(&run).await;
+    (run, text(&v, "/status/startTime"))
+}
+
+/// Plays Tekton finishing `run` successfully at `at`.
+async fn succeed(s: &Scope, run: &str, at: &str) {
+    tekton::set_status(
+        &s.runs(),
+        run,
+        tekton::pipelinerun_finished(
+            run,
+            &[],
+            "True",
+            "Succeeded",
+            &tekton::tasks_message(0, 0, 0, 0),
+            at,
+            at,
+        ),
+    )
+    .await;
+}
+
+fn count(events: &[SeenEvent], reason: &str) -> i32 {
+    events
+        .iter()
+        .filter(|e| e.reason == reason)
+        .map(|e| e.count)
+        .sum()
+}
+
+#[tokio::test]
+async fn the_cooldown_releases_the_lock_once() {
+    let s = Scope::new("cooldown").await;
+    let mut ctl = s.start("ctl", "3s").await;
+    let name = unique_name("cool");
+    let target = "default/deployment/cooling";
+    let (run, started) = running(&s, &name, target).await;
+    succeed(&s, &run, &started).await;
+    let completed = s.wait_phase(&name, "Completed").await;
+    assert!(condition(&completed, "LockReleased").is_none());
+
+    let released = s
+        .wait(&name, "LockReleased", |v| {
+            condition(v, "LockReleased").is_some()
+        })
+        .await;
+    let message = format!("Lock released for {target} after cooldown");
+    assert_condition(
+        &released,
+        "LockReleased",
+        "True",
+        "CooldownElapsed",
+        &message,
+    );
+    let since = condition(&released, "LockReleased").unwrap()["lastTransitionTime"].clone();
+    assert_eq!(released["status"]["phase"], "Completed");
+    s.wait_run_gone(&run).await;
+    let events = s.wait_event(&name, "LockReleased").await;
+    assert_eq!(
+        shapes(&events)[2..],
+        [event("Normal", "LockReleased", &message)]
+    );
+    const DELETES: &str = "lifecycle_api_requests_total{verb=\"delete\",kind=\"PipelineRun\"}";
+    assert_eq!(ctl.metric(DELETES).await, 1.0);
+
+    // later reconciles (a change to the resource, then a restart) release nothing again
+    const RECONCILES: &str = "lifecycle_reconciles_total{result=\"ok\"}";
+    let before = ctl.metric(RECONCILES).await;
+    let patch = json!({"metadata": {"annotations": {"example.com/touched": "1"}}});
+    s.wfes()
+        .patch(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("annotating the resource");
+    support::eventually(
+        std::time::Duration::from_secs(30),
+        "a reconcile after the change",
+        || async { (ctl.metric(RECONCILES).await > before).then_some(()) },
+    )
+    .await;
+    assert_eq!(ctl.metric(DELETES).await, 1.0);
+    ctl.kill();
+    let ctl2 = s.start("ctl-2", "3s").await;
+    support::eventually(
+        std::time::Duration::from_secs(30),
+        "a reconcile by the restarted controller",
+        || async { (ctl2.metric(RECONCILES).await >= 1.0).then_some(()) },
+    )
+    .await;
+    assert_eq!(ctl2.metric(DELETES).await, 0.0);
+    let after = s.get(&name).await.expect("the resource");
+    assert_eq!(
+        condition(&after, "LockReleased").unwrap()["lastTransitionTime"],
+        since
+    );
+    let events = s.events(&name).await;
+    assert_eq!(count(&events, "LockReleased"), 1, "{events:?}");
+    assert_eq!(events.len(), 3, "{events:?}");
+}
+
+#[tokio::test]
+async fn deleting_a_resource_deletes_its_own_run_and_never_another() {
+    let s = Scope::new("delete").await;
+    let ctl = s.start("ctl", "1h").await;
+
+    // a Running resource: its run is deleted (the workflow cancelled)
+    let active = unique_name("active");
+    let (active_run, _) = running(&s, &active, "default/deployment/active").await;
+    // a Completed one in its cooldown: its run, still holding the lock, is deleted too
+    let cooling = unique_name("cooling");
+    let (cooling_run, started) = running(&s, &cooling, "default/deployment/cooling").await;
+    succeed(&s, &cooling_run, &started).await;
+    s.wait_phase(&cooling, "Completed").await;
+    // a race loser: the run with its lock's name belongs to the winner
+    let winner = unique_name("winner");
+    let (shared_run, _) = running(&s, &winner, "default/deployment/shared").await;
+    let loser = unique_name("loser");
+    s.create_wfe(&loser, "default/deployment/shared").await;
+    s.wait_phase(&loser, "Failed").await;
+    let shared_before = s.run(&shared_run).await.expect("the winner's run");
+
+    let wfes = s.wfes();
+    for n in [&active, &cooling, &loser] {
+        wfes.delete(n, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("deleting {n}: {e}"));
+    }
+    for (n, run, phase) in [
+        (&active, &active_run, "Running"),
+        (&cooling, &cooling_run, "Completed"),
+    ] {
+        s.wait_gone(n).await;
+        s.wait_run_gone(run).await;
+        let events = s.wait_event(n, "WorkflowExecutionDeleted").await;
+        assert_eq!(
+            shapes(&events).last().unwrap(),
+            &event(
+                "Normal",
+                "WorkflowExecutionDeleted",
+                &format!("WorkflowExecution cleanup completed (phase: {phase})")
+            )
+        );
+    }
+    s.wait_gone(&loser).await;
+    let events = s.wait_event(&loser, "WorkflowExecutionDeleted").await;
+    assert_eq!(
+        shapes(&events),
+        vec![
+            event(
+                "Warning",
+                "WorkflowFailed",
+                &format!(
+                    "Pre-execution failure: ExecutionRaceCondition - {}",
+                    race_message(&shared_run, &winner)
+                )
+            ),
+            event(
+                "Normal",
+                "WorkflowExecutionDeleted",
+                "WorkflowExecution cleanup completed (phase: Failed)"
+            ),
+        ]
+    );
+    // the winner and its run are untouched
+    let shared_after = s.run(&shared_run).await.expect("the winner's run survives");
+    assert_eq!(
+        shared_before["metadata"]["uid"],
+        shared_after["metadata"]["uid"]
+    );
+    assert_eq!(
+        s.get(&winner).await.expect("the winner")["status"]["phase"],
+        "Running"
+    );
+    assert_eq!(
+        ctl.metric("lifecycle_api_requests_total{verb=\"delete\",kind=\"PipelineRun\"}")
+            .await,
+        2.0
+    );
+    let names: Vec<String> = s
+        .run_list()
+        .await
+        .iter()
+        .map(|r| text(r, "/metadata/name"))
+        .collect();
+    assert_eq!(names, vec![shared_run]);
+}
+
+/// Copies lifecycle.yaml and templates/ into `<scope dir>/<folder>`; returns the rules file.
+fn copy_rules(s: &Scope, folder: &str) -> std::path::PathBuf {
+    let root = support::repo_root();
+    let dir = s.dir.path().join(folder);
+    std::fs::create_dir_all(dir.join("templates")).expect("rules folder");
+    std::fs::copy(root.join("lifecycle.yaml"), dir.join("lifecycle.yaml")).expect("copy rules");
+    for f in std::fs::read_dir(root.join("templates")).expect("templates") {
+        let f = f.expect("template");
+        std::fs::copy(f.path(), dir.join("templates").join(f.file_name())).expect("copy template");
+    }
+    dir.join("lifecycle.yaml")
+}
+
+/// Replaces `from` (which must occur) by `to` in a file.
+fn edit(path: &std::path::Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).expect("reading for an edit");
+    assert!(text.contains(from), "{} lacks `{from}`", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).expect("writing an edit");
+}
+
+fn revision_of(rules: &std::path::Path) -> String {
+    lifecycle_engine::rules::Rules::load(rules, &[])
+        .expect("valid rules")
+        .revision
+}
+
+#[tokio::test]
+async fn rules_changes_are_reloaded_live_and_broken_ones_rejected() {
+    let s = Scope::new("reload").await;
+    let rules = copy_rules(&s, "rules");
+    let template = rules.with_file_name("templates").join("pipelinerun.yaml");
+    // as in a Pod: rejected changes are also recorded as Events on the Pod
+    let pod = "lifecycle-controller-5f7b9c8d4-q2w3e";
+    let mut ctl = ControllerProcess::spawn_with_env(
+        s.env,
+        s.dir.path(),
+        "ctl",
+        &s.run_args(&rules, "1h"),
+        &[("POD_NAME", pod), ("POD_NAMESPACE", &s.ns)],
+    );
+    ctl.wait_ready().await;
+    let first = ctl.revision().await;
+    assert_eq!(
+        first,
+        revision_of(&support::repo_root().join("lifecycle.yaml"))
+    );
+
+    let before = unique_name("before");
+    let (run, _) = running(&s, &before, "default/deployment/before").await;
+    let v = s.get(&before).await.unwrap();
+    assert_eq!(v["status"]["rulesRevision"], first.as_str());
+    let r = s.run(&run).await.unwrap();
+    assert!(
+        r["metadata"]["labels"].get("example.com/variant").is_none(),
+        "{r}"
+    );
+    assert_eq!(
+        r["spec"]["taskRunTemplate"]["serviceAccountName"],
+        "kubernaut-workflow-runner"
+    );
+
+    // a valid change: a new label in the template, a new default for a setting
+    edit(
+        &template,
+        "    kubernaut.ai/source-namespace:",
+        "    example.com/variant: \"v2\"\n    kubernaut.ai/source-namespace:",
+    );
+    edit(
+        &rules,
+        "runnerServiceAccount: kubernaut-workflow-runner",
+        "runnerServiceAccount: runner-v2",
+    );
+    let second = revision_of(&rules);
+    assert_ne!(second, first);
+    support::eventually(
+        std::time::Duration::from_secs(30),
+        "the changed rules to be loaded",
+        || async { (ctl.revision().await == second).then_some(()) },
+    )
+    .await;
+    let after = unique_name("after");
+    let (run2, _) = running(&s, &after, "default/deployment/after").await;
+    let v = s.get(&after).await.unwrap();
+    assert_eq!(v["status"]["rulesRevision"], second.as_str());
+    let r = s.run(&run2).await.unwrap();
+    assert_eq!(r["metadata"]["labels"]["example.com/variant"], "v2");
+    assert_eq!(
+        r["spec"]["taskRunTemplate"]["serviceAccountName"],
+        "runner-v2"
+    );
+    // the run made under the first rules is left as it was
+    let r = s.run(&run).await.unwrap();
+    assert!(
+        r["metadata"]["labels"].get("example.com/variant").is_none(),
+        "{r}"
+    );
+    let m = ctl.metrics().await;
+    assert!(
+        metric_value(&m, "lifecycle_rules_reload_total{result=\"ok\"}") >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, "lifecycle_rules_reload_total{result=\"error\"}"),
+        0.0
+    );
+
+    // a broken change: rejected, reported, and the last good rules keep working
+    let good = std::fs::read_to_string(&rules).unwrap();
+    edit(&rules, "        to: Running\n", "        to: Runnning\n");
+    let (code, body) = support::eventually(
+        std::time::Duration::from_secs(30),
+        "/readyz to show the rejected change",
+        || async {
+            ctl.readyz()
+                .await
+                .filter(|(_, body)| body.contains("REJECTED"))
+        },
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains(&format!("(revision {second})"))
+            && body.contains("unknown phase `Runnning`")
+            && body.contains("lifecycle.yaml:"),
+        "{body}"
+    );
+    assert_eq!(
+        ctl.metric("lifecycle_rules_reload_total{result=\"error\"}")
+            .await,
+        1.0
+    );
+    let log = ctl.log();
+    assert!(
+        log.contains("rules change rejected") && log.contains("unknown phase `Runnning`"),
+        "{log}"
+    );
+    let rejected = support::eventually(
+        std::time::Duration::from_secs(30),
+        "the RulesRejected Event on the Pod",
+        || async {
+            use k8s_openapi::api::events::v1::Event;
+            let events = kube::Api::<Event>::namespaced(s.admin.clone(), &s.ns)
+                .list(&Default::default())
+                .await
+                .expect("listing Events");
+            events.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some("RulesRejected")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pod)
+            })
+        },
+    )
+    .await;
+    assert_eq!(rejected.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        rejected.regarding.as_ref().and_then(|r| r.kind.as_deref()),
+        Some("Pod")
+    );
+    assert!(
+        rejected
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("unknown phase `Runnning`"),
+        "{rejected:?}"
+    );
+    let third = unique_name("third");
+    let (run3, _) = running(&s, &third, "default/deployment/third").await;
+    let v = s.get(&third).await.unwrap();
+    assert_eq!(v["status"]["rulesRevision"], second.as_str());
+    let r = s.run(&run3).await.unwrap();
+    assert_eq!(r["metadata"]["labels"]["example.com/variant"], "v2");
+
+    // the resource started under the first rules finishes under the rules acting now
+    let started = text(&s.get(&before).await.unwrap(), "/status/startTime");
+    succeed(&s, &run, &started).await;
+    let v = s.wait_phase(&before, "Completed").await;
+    assert_eq!(v["status"]["rulesRevision"], second.as_str());
+
+    // putting the good rules back clears the report
+    std::fs::write(&rules, good).unwrap();
+    support::eventually(
+        std::time::Duration::from_secs(30),
+        "/readyz to drop the report",
+        || async {
+            ctl.readyz()
+                .await
+                .filter(|(_, body)| !body.contains("REJECTED"))
+        },
+    )
+    .await;
+    assert_eq!(ctl.revision().await, second);
+    assert_eq!(
+        ctl.metric("lifecycle_rules_reload_total{result=\"error\"}")
+            .await,
+        1.0
+    );
+}
+
+/// Asserts every resource ends where it should after crashes: each target has exactly one run,
+/// owned by the resource that is Running; the others for that target lost the race; no
+/// transition was recorded twice.
+async fn assert_one_run_per_target(s: &Scope, resources: &[(String, &str)]) {
+    let runs = s.run_list().await;
+    let mut targets: Vec<&str> = resources.iter().map(|(_, t)| *t).collect();
+    targets.sort();
+    targets.dedup();
+    let names: Vec<String> = runs.iter().map(|r| text(r, "/metadata/name")).collect();
+    let mut expected: Vec<String> = targets.iter().map(|t| run_name(t)).collect();
+    expected.sort();
+    assert_eq!(names, expected, "one run per target");
+    for target in &targets {
+        let run = runs
+            .iter()
+            .find(|r| text(r, "/metadata/name") == run_name(target))
+            .unwrap();
+        let owner = text(run, "/metadata/labels/kubernaut.ai~1workflow-execution");
+        for (n, _) in resources.iter().filter(|(_, t)| t == target) {
+            let v = s.get(n).await.expect("resource");
+            if *n == owner {
+                assert_eq!(v["status"]["phase"], "Running", "{v}");
+                assert_eq!(text(&v, "/status/pipelineRunRef/name"), run_name(target));
+            } else {
+                assert_eq!(v["status"]["phase"], "Failed", "{v}");
+                assert_eq!(
+                    v["status"]["failureDetails"]["message"],
+                    race_message(&run_name(target), &owner).as_str()
+                );
+            }
+        }
+    }
+    for (n, _) in resources {
+        let records = s.audit_records(n);
+        let mut types: Vec<&str> = records
+            .iter()
+            .map(|r| r["event_type"].as_str().unwrap_or_default())
+            .collect();
+        let all = types.len();
+        types.sort();
+        types.dedup();
+        assert_eq!(
+            types.len(),
+            all,
+            "a transition of {n} was audited twice: {records:#?}"
+        );
+        let events = s.events(n).await;
+        for reason in ["PipelineRunCreated", "WorkflowFailed"] {
+            assert!(count(&events, reason) <= 1, "{n}: {events:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_controller_killed_right_after_resources_appear_finishes_them_after_restart() {
+    let s = Scope::new("crash-early").await;
+    let mut ctl = s.start("ctl-1", "1h").await;
+    let resources: Vec<(String, &str)> = [
+        "default/deployment/a",
+        "default/deployment/b",
+        "default/deployment/c",
+        "default/deployment/d",
+        "default/deployment/shared",
+        "default/deployment/shared",
+    ]
+    .into_iter()
+    .map(|t| (unique_name("early"), t))
+    .collect();
+    futures::future::join_all(resources.iter().map(|(n, t)| s.create_wfe(n, t))).await;
+    ctl.kill();
+
+    // again: killed as soon as anything has happened
+    let mut ctl = s.start("ctl-2", "1h").await;
+    support::eventually(
+        std::time::Duration::from_secs(60),
+        "the first PipelineRun",
+        || async { (!s.run_list().await.is_empty()).then_some(()) },
+    )
+    .await;
+    ctl.kill();
+
+    let ctl = s.start("ctl-3", "1h").await;
+    for (n, _) in &resources {
+        s.wait(n, "Running or Failed", |v| {
+            matches!(v["status"]["phase"].as_str(), Some("Running" | "Failed"))
+        })
+        .await;
+    }
+    assert_one_run_per_target(&s, &resources).await;
+    // the survivors run to completion
+    for (n, t) in &resources {
+        let v = s.get(n).await.unwrap();
+        if v["status"]["phase"] == "Running" {
+            succeed(&s, &run_name(t), &text(&v, "/status/startTime")).await;
+            s.wait_phase(n, "Completed").await;
+        }
+    }
+    assert_eq!(ctl.metric(COMPLETED_TOTAL).await, 5.0);
+}
+
+#[tokio::test]
+async fn a_controller_killed_mid_lifecycle_finishes_every_resource_after_restart() {
+    let s = Scope::new("crash-mid").await;
+    let mut ctl = s.start("ctl-1", "1h").await;
+    let targets = [
+        "default/deployment/succeeds",
+        "default/deployment/fails",
+        "default/deployment/keeps-running",
+        "default/deployment/deleted-meanwhile",
+    ];
+    let mut resources = Vec::new();
+    let mut started = Vec::new();
+    for t in targets {
+        let n = unique_name("mid");
+        let (_, at) = running(&s, &n, t).await;
+        resources.push((n, t));
+        started.push(at);
+    }
+    ctl.kill();
+
+    // while no controller runs: one run succeeds, one fails, a new resource appears
+    succeed(&s, &run_name(targets[0]), &started[0]).await;
+    tekton::set_status(
+        &s.runs(),
+        &run_name(targets[1]),
+        tekton::pipelinerun_finished(
+            &run_name(targets[1]),
+            &[],
+            "False",
+            "PipelineRunTimeout",
+            "PipelineRun \"x\" failed to finish within \"1h0m0s\"",
+            &started[1],
+            &started[1],
+        ),
+    )
+    .await;
+    let late = unique_name("late");
+    s.create_wfe(&late, "default/deployment/late").await;
+    s.wfes()
+        .delete(&resources[3].0, &DeleteParams::default())
+        .await
+        .expect("deleting a resource");
+
+    let ctl = s.start("ctl-2", "1h").await;
+    s.wait_phase(&resources[0].0, "Completed").await;
+    let failed = s.wait_phase(&resources[1].0, "Failed").await;
+    assert_eq!(
+        failed["status"]["failureDetails"]["reason"],
+        "DeadlineExceeded"
+    );
+    s.wait_phase(&late, "Running").await;
+    let v = s.get(&resources[2].0).await.unwrap();
+    assert_eq!(v["status"]["phase"], "Running");
+    succeed(&s, &run_name(targets[2]), &started[2]).await;
+    s.wait_phase(&resources[2].0, "Completed").await;
+    s.wait_gone(&resources[3].0).await;
+    s.wait_run_gone(&run_name(targets[3])).await;
+    let events = s
+        .wait_event(&resources[3].0, "WorkflowExecutionDeleted")
+        .await;
+    assert_eq!(
+        shapes(&events).last().unwrap(),
+        &event(
+            "Normal",
+            "WorkflowExecutionDeleted",
+            "WorkflowExecution cleanup completed (phase: Running)"
+        )
+    );
+
+    let runs = s.run_list().await;
+    assert_eq!(runs.len(), 4, "{runs:#?}");
+    for (n, _) in resources.iter().chain([(late.clone(), "")].iter()) {
+        let records = s.audit_records(n);
+        let mut types: Vec<&str> = records
+            .iter()
+            .map(|r| r["event_type"].as_str().unwrap_or_default())
+            .collect();
+        let all = types.len();
+        types.sort();
+        types.dedup();
+        assert_eq!(types.len(), all, "{n}: {records:#?}");
+    }
+    // the second process created only the late resource's run
+    assert_eq!(ctl.metric(CREATIONS_TOTAL).await, 1.0);
+    assert_eq!(ctl.metric(COMPLETED_TOTAL).await, 2.0);
+    assert_eq!(ctl.metric(FAILED_TOTAL).await, 1.0);
+}
+
+#[tokio::test]
+async fn start_up_fails_on_broken_rules_and_on_kinds_the_cluster_lacks() {
+    let s = Scope::new("startup").await;
+
+    // broken rules: exit code 1 and the report, before touching the cluster
+    let broken = copy_rules(&s, "broken");
+    edit(&broken, "        to: Running\n", "        to: Runnning\n");
+    let mut c = ControllerProcess::spawn(s.env, s.dir.path(), "broken", &s.run_args(&broken, "1h"));
+    let (code, log) = c.wait_exit(std::time::Duration::from_secs(30)).await;
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("problems in the rules:"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "{}:273:13: phases.Pending.transitions[4].to: unknown phase `Runnning`",
+            broken.display()
+        )) || log.contains("unknown phase `Runnning`"),
+        "{log}"
+    );
+
+    // no rules file at all: exit code 2
+    let missing = s.dir.path().join("missing/lifecycle.yaml");
+    let mut c =
+        ControllerProcess::spawn(s.env, s.dir.path(), "missing", &s.run_args(&missing, "1h"));
+    let (code, log) = c.wait_exit(std::time::Duration::from_secs(30)).await;
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains(&missing.display().to_string()) && log.contains("cannot read"),
+        "{log}"
+    );
+
+    // rules that need a kind with no CustomResourceDefinition
+    let unserved = copy_rules(&s, "unserved");
+    edit(&unserved, "    kind: TaskRun\n", "    kind: StepRun\n");
+    let mut c = ControllerProcess::spawn(
+        s.env,
+        s.dir.path(),
+        "unserved",
+        &s.run_args(&unserved, "1h"),
+    );
+    let (code, log) = c.wait_exit(std::time::Duration::from_secs(30)).await;
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("error: the rules' related list `taskRuns` is StepRun (tekton.dev/v1), which this cluster does not serve"),
+        "{log}"
+    );
+    assert!(
+        log.contains("install its CustomResourceDefinition"),
+        "{log}"
+    );
+
+    let unserved = copy_rules(&s, "unserved-execution");
+    edit(
+        &unserved,
+        "  apiVersion: tekton.dev/v1\n  kind: PipelineRun\n",
+        "  apiVersion: tekton.dev/v1beta7\n  kind: PipelineRun\n",
+    );
+    let mut c = ControllerProcess::spawn(
+        s.env,
+        s.dir.path(),
+        "unserved-execution",
+        &s.run_args(&unserved, "1h"),
+    );
+    let (code, log) = c.wait_exit(std::time::Duration::from_secs(30)).await;
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("error: the rules' execution object is PipelineRun (tekton.dev/v1beta7), which this cluster does not serve"),
+        "{log}"
+    );
+}
+
+fn repo_file(path: &str) -> String {
+    std::fs::read_to_string(support::repo_root().join(path)).expect("repository file")
+}
+
+#[tokio::test]
+async fn rules_mounted_from_configmaps_load_and_reload_on_the_kubelets_symlink_swap() {
+    // as deploy/deployment.yaml mounts them: the rules ConfigMap at /etc/lifecycle, the
+    // templates ConfigMap at /etc/lifecycle/templates
+    let s = Scope::new("configmap").await;
+    let etc = s.dir.path().join("etc-lifecycle");
+    let rules_files = [("lifecycle.yaml", repo_file("lifecycle.yaml"))];
+    let mut rules_volume = ConfigMapVolume::create(&etc, &rules_files);
+    let template_files = |pipelinerun: String| {
+        [
+            (
+                "failure-summary.txt",
+                repo_file("templates/failure-summary.txt"),
+            ),
+            ("pipelinerun.yaml", pipelinerun),
+        ]
+    };
+    let mut templates = ConfigMapVolume::create(
+        &etc.join("templates"),
+        &template_files(repo_file("templates/pipelinerun.yaml")),
+    );
+    let rules = etc.join("lifecycle.yaml");
+    let mut ctl = ControllerProcess::spawn(s.env, s.dir.path(), "ctl", &s.run_args(&rules, "1h"));
+    ctl.wait_ready().await;
+    let first = ctl.revision().await;
+    assert_eq!(
+        first,
+        revision_of(&support::repo_root().join("lifecycle.yaml"))
+    );
+    let before = unique_name("before");
+    let (run, _) = running(&s, &before, "default/deployment/before").await;
+    let r = s.run(&run).await.unwrap();
+    assert!(
+        r["metadata"]["labels"].get("example.com/variant").is_none(),
+        "{r}"
+    );
+
+    // `kubectl apply -k deploy/` with a changed template: the kubelet swaps the folder
+    templates.update(&template_files(
+        repo_file("templates/pipelinerun.yaml").replacen(
+            "    kubernaut.ai/source-namespace:",
+            "    example.com/variant: \"v2\"\n    kubernaut.ai/source-namespace:",
+            1,
+        ),
+    ));
+    let second = revision_of(&rules);
+    assert_ne!(second, first);
+    support::eventually(
+        std::time::Duration::from_secs(30),
+        "the swapped templates to be loaded",
+        || async { (ctl.revision().await == second).then_some(()) },
+    )
+    .await;
+    let after = unique_name("after");
+    let (run, _) = running(&s, &after, "default/deployment/after").await;
+    let r = s.run(&run).await.unwrap();
+    assert_eq!(r["metadata"]["labels"]["example.com/variant"], "v2");
+    assert_eq!(
+        s.get(&after).await.unwrap()["status"]["rulesRevision"],
+        second.as_str()
+    );
+
+    // and a changed setting default in the rules ConfigMap
+    rules_volume.update(&[(
+        "lifecycle.yaml",
+        repo_file("lifecycle.yaml").replacen(
+            "runnerServiceAccount: kubernaut-workflow-runner",
+            "runnerServiceAccount: runner-v3",
+            1,
+        ),
+    )]);
+    let third = revision_of(&rules);
+    assert_ne!(third, second);
+    support::eventually(
+        std::time::Duration::from_secs(30),
+        "the swapped rules to be loaded",
+        || async { (ctl.revision().await == third).then_some(()) },
+    )
+    .await;
+    let last = unique_name("last");
+    let (run, _) = running(&s, &last, "default/deployment/last").await;
+    let r = s.run(&run).await.unwrap();
+    assert_eq!(
+        r["spec"]["taskRunTemplate"]["serviceAccountName"],
+        "runner-v3"
+    );
+    assert_eq!(r["metadata"]["labels"]["example.com/variant"], "v2");
+    assert_eq!(
+        ctl.metric("lifecycle_rules_reload_total{result=\"error\"}")
+            .await,
+        0.0
+    );
 }

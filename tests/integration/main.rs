@@ -2,6 +2,7 @@
 //! `support` for how the control plane is found or started, and docs/testing.md.
 
 mod controller;
+mod deploy;
 mod smoke;
 // Helpers not every test uses.
 #[allow(dead_code)]

@@ -120,6 +120,28 @@ impl TestEnv {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs the built kubectl like [`TestEnv::kubectl`]; returns whether it succeeded, its
+    /// standard output and its error output.
+    pub async fn kubectl_result(&self, args: &[&str]) -> (bool, String, String) {
+        let bin = tokio::process::Command::new(repo_root().join("scripts/testenv"))
+            .arg("bin")
+            .output()
+            .await
+            .expect("scripts/testenv bin");
+        let kubectl = Path::new(String::from_utf8_lossy(&bin.stdout).trim()).join("kubectl");
+        let out = tokio::process::Command::new(&kubectl)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("running {}: {e}", kubectl.display()));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Creates a fresh namespace for one test and returns its name.
     pub async fn namespace(&self, prefix: &str) -> String {
         let name = unique_name(prefix);
@@ -635,6 +657,8 @@ pub struct Scope {
     pub dir: tempfile::TempDir,
     /// An administrator client (for this test's runtime).
     pub admin: Client,
+    /// Audit files handed out so far (one per controller process).
+    audit_files: AtomicU64,
 }
 
 impl Scope {
@@ -655,17 +679,16 @@ impl Scope {
             exec_ns,
             dir,
             admin: env.admin().await,
+            audit_files: AtomicU64::new(0),
         }
     }
 
-    /// The audit file every controller of this test appends to.
-    pub fn audit_file(&self) -> PathBuf {
-        self.dir.path().join("audit.jsonl")
-    }
-
     /// `lifecycle run` arguments for this scope: the rules, this namespace, the controller
-    /// identity, this execution namespace, the cooldown, a 1 s poll, the audit file, text logs.
+    /// identity, this execution namespace, the cooldown, a 1 s poll, text logs, and an audit
+    /// file of the process's own (see [`Scope::audit_records`]).
     pub fn run_args(&self, rules: &Path, cooldown: &str) -> Vec<String> {
+        let n = self.audit_files.fetch_add(1, Ordering::Relaxed);
+        let audit = self.dir.path().join(format!("audit-{n:03}.jsonl"));
         [
             "run",
             "--rules",
@@ -683,7 +706,7 @@ impl Scope {
             "--set",
             "pollInterval=1s",
             "--audit",
-            &format!("file:{}", self.audit_file().display()),
+            &format!("file:{}", audit.display()),
             "--log-format",
             "text",
         ]
@@ -884,16 +907,27 @@ impl Scope {
         .await
     }
 
-    /// The audit records about the WorkflowExecution `name`, in the order written.
+    /// The audit records about the WorkflowExecution `name`, in the order written: those of
+    /// each controller process of this test, in the order the processes started. Each process
+    /// has a file of its own, so a process killed while writing a record leaves only an
+    /// incomplete last line there, which is not a record (nor is a line still being written).
     pub fn audit_records(&self, name: &str) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.audit_file()).unwrap_or_default();
-        text.lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))
-            })
-            .filter(|r| r["resource_id"] == name)
-            .collect()
+        let n = self.audit_files.load(Ordering::Relaxed);
+        let mut records = Vec::new();
+        for i in 0..n {
+            let path = self.dir.path().join(format!("audit-{i:03}.jsonl"));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+            for line in complete.lines() {
+                let record: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
+                    panic!("{}: a line is not JSON ({e}): {line}", path.display())
+                });
+                if record["resource_id"] == name {
+                    records.push(record);
+                }
+            }
+        }
+        records
     }
 
     /// Waits until the audit file holds a record of `event_type` about `name`; returns all of
@@ -945,6 +979,17 @@ pub struct ControllerProcess {
 impl ControllerProcess {
     /// Starts `lifecycle <args>` with the test kubeconfig; its output goes to `<dir>/<label>.log`.
     pub fn spawn(env: &TestEnv, dir: &Path, label: &str, args: &[String]) -> ControllerProcess {
+        Self::spawn_with_env(env, dir, label, args, &[])
+    }
+
+    /// Like [`ControllerProcess::spawn`], with extra environment variables (`POD_NAME`, ...).
+    pub fn spawn_with_env(
+        env: &TestEnv,
+        dir: &Path,
+        label: &str,
+        args: &[String],
+        vars: &[(&str, &str)],
+    ) -> ControllerProcess {
         let log = dir.join(format!("{label}.log"));
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -959,6 +1004,7 @@ impl ControllerProcess {
             .env_remove("RUST_LOG")
             .env_remove("POD_NAME")
             .env_remove("POD_NAMESPACE")
+            .envs(vars.iter().copied())
             .current_dir(dir)
             .stdin(std::process::Stdio::null())
             .stdout(out)
@@ -1007,11 +1053,7 @@ impl ControllerProcess {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while self.addr.is_none() {
             self.assert_running();
-            self.addr = self.log().lines().find_map(|l| {
-                let rest = l.split("serving /healthz, /readyz, /metrics").nth(1)?;
-                let addr = rest.split("address=").nth(1)?.split_whitespace().next()?;
-                addr.parse::<std::net::SocketAddr>().ok()
-            });
+            self.addr = self.log().lines().find_map(serving_address);
             if self.addr.is_none() {
                 if tokio::time::Instant::now() > deadline {
                     panic!("controller {} does not serve /metrics", self.label);
@@ -1045,6 +1087,11 @@ impl ControllerProcess {
             .ok()?;
         let code = response.status().as_u16();
         Some((code, response.text().await.ok()?))
+    }
+
+    /// Status code and body of /healthz.
+    pub async fn healthz(&self) -> Option<(u16, String)> {
+        self.get("/healthz").await
     }
 
     /// Status code and body of /readyz.
@@ -1107,7 +1154,7 @@ impl ControllerProcess {
 impl Drop for ControllerProcess {
     fn drop(&mut self) {
         self.kill();
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("LIFECYCLE_TEST_SHOW_LOGS").is_some() {
             eprintln!(
                 "----- log of controller {} ({}) -----\n{}----- end of log of controller {} -----",
                 self.label,
@@ -1119,6 +1166,24 @@ impl Drop for ControllerProcess {
     }
 }
 
+/// The address in the log line saying where /metrics is served (text or JSON logs).
+fn serving_address(line: &str) -> Option<std::net::SocketAddr> {
+    const SERVING: &str = "serving /healthz, /readyz, /metrics";
+    let addr = match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(v) if v["message"] == SERVING => v["address"].as_str()?.to_string(),
+        Ok(_) => return None,
+        Err(_) => line
+            .split(SERVING)
+            .nth(1)?
+            .split("address=")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .to_string(),
+    };
+    addr.parse().ok()
+}
+
 /// The value of one series in a Prometheus text exposition (0 when absent).
 pub fn metric_value(text: &str, series: &str) -> f64 {
     text.lines()
@@ -1127,4 +1192,48 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
             rest.split_whitespace().next()?.parse::<f64>().ok()
         })
         .unwrap_or(0.0)
+}
+
+/// A folder laid out as the kubelet mounts a ConfigMap volume: the files live in a hidden,
+/// timestamped folder, `..data` links to it, and each key is a symbolic link through `..data`.
+/// An update writes a new hidden folder and swaps `..data` with one rename (AtomicWriter).
+pub struct ConfigMapVolume {
+    dir: PathBuf,
+    generation: u32,
+}
+
+impl ConfigMapVolume {
+    /// Writes the volume with these files (name, text).
+    pub fn create(dir: &Path, files: &[(&str, String)]) -> ConfigMapVolume {
+        std::fs::create_dir_all(dir).expect("volume folder");
+        let mut volume = ConfigMapVolume {
+            dir: dir.to_path_buf(),
+            generation: 0,
+        };
+        let data = volume.write_generation(files);
+        std::os::unix::fs::symlink(&data, dir.join("..data")).expect("..data link");
+        for (name, _) in files {
+            std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).expect("key link");
+        }
+        volume
+    }
+
+    fn write_generation(&mut self, files: &[(&str, String)]) -> String {
+        self.generation += 1;
+        let data = format!("..2026_01_01_00_00_0{}.000000001", self.generation);
+        std::fs::create_dir(self.dir.join(&data)).expect("data folder");
+        for (name, text) in files {
+            std::fs::write(self.dir.join(&data).join(name), text).expect("volume file");
+        }
+        data
+    }
+
+    /// Replaces the volume's files, as the kubelet does when the ConfigMap changes.
+    pub fn update(&mut self, files: &[(&str, String)]) {
+        let old = std::fs::read_link(self.dir.join("..data")).expect("..data");
+        let data = self.write_generation(files);
+        std::os::unix::fs::symlink(&data, self.dir.join("..data_tmp")).expect("..data_tmp");
+        std::fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data")).expect("swap");
+        std::fs::remove_dir_all(self.dir.join(old)).expect("old data folder");
+    }
 }
