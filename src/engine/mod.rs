@@ -10,6 +10,8 @@
 //! comes from the rules. It never touches the network, the clock, the environment or files.
 
 mod decide;
+#[cfg(test)]
+mod security_tests;
 pub mod status;
 
 pub use decide::{ERROR_CONDITION, decide, execution_key, related_requests, render_tree};
