@@ -1342,9 +1342,29 @@ async fn rules_changes_are_reloaded_live_and_broken_ones_rejected() {
     );
 }
 
+/// Asserts that every audit record sent about `name` (repeats included: a transition taken
+/// again after a crash is sent again) carries the one id of its transition, so that a receiver
+/// de-duplicating by id keeps one record per transition.
+#[track_caller]
+fn assert_one_id_per_transition(s: &Scope, name: &str) {
+    let sent = s.audit_records_sent(name);
+    let mut ids: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for r in &sent {
+        ids.entry(r["event_type"].as_str().unwrap_or_default().to_string())
+            .or_default()
+            .insert(r["event_id"].as_str().unwrap_or_default().to_string());
+    }
+    let all: std::collections::BTreeSet<&String> = ids.values().flatten().collect();
+    assert!(
+        ids.values().all(|set| set.len() == 1) && all.len() == ids.len(),
+        "{name}: a transition has several ids, or two share one: {ids:#?}\n{sent:#?}"
+    );
+}
+
 /// Asserts every resource ends where it should after crashes: each target has exactly one run,
-/// owned by the resource that is Running; the others for that target lost the race; no
-/// transition was recorded twice.
+/// owned by the resource that is Running; the others for that target lost the race; every
+/// transition was audited under one id and recorded as an Event at most once.
 async fn assert_one_run_per_target(s: &Scope, resources: &[(String, &str)]) {
     let runs = s.run_list().await;
     let mut targets: Vec<&str> = resources.iter().map(|(_, t)| *t).collect();
@@ -1375,19 +1395,7 @@ async fn assert_one_run_per_target(s: &Scope, resources: &[(String, &str)]) {
         }
     }
     for (n, _) in resources {
-        let records = s.audit_records(n);
-        let mut types: Vec<&str> = records
-            .iter()
-            .map(|r| r["event_type"].as_str().unwrap_or_default())
-            .collect();
-        let all = types.len();
-        types.sort();
-        types.dedup();
-        assert_eq!(
-            types.len(),
-            all,
-            "a transition of {n} was audited twice: {records:#?}"
-        );
+        assert_one_id_per_transition(s, n);
         let events = s.events(n).await;
         for reason in ["PipelineRunCreated", "WorkflowFailed"] {
             assert!(count(&events, reason) <= 1, "{n}: {events:?}");
@@ -1514,15 +1522,7 @@ async fn a_controller_killed_mid_lifecycle_finishes_every_resource_after_restart
     let runs = s.run_list().await;
     assert_eq!(runs.len(), 4, "{runs:#?}");
     for (n, _) in resources.iter().chain([(late.clone(), "")].iter()) {
-        let records = s.audit_records(n);
-        let mut types: Vec<&str> = records
-            .iter()
-            .map(|r| r["event_type"].as_str().unwrap_or_default())
-            .collect();
-        let all = types.len();
-        types.sort();
-        types.dedup();
-        assert_eq!(types.len(), all, "{n}: {records:#?}");
+        assert_one_id_per_transition(&s, n);
     }
     // the second process created only the late resource's run
     assert_eq!(ctl.metric(CREATIONS_TOTAL).await, 1.0);

@@ -907,11 +907,23 @@ impl Scope {
         .await
     }
 
-    /// The audit records about the WorkflowExecution `name`, in the order written: those of
-    /// each controller process of this test, in the order the processes started. Each process
-    /// has a file of its own, so a process killed while writing a record leaves only an
-    /// incomplete last line there, which is not a record (nor is a line still being written).
+    /// The audit records about the WorkflowExecution `name` as a receiver keeps them: in the
+    /// order written, repeats of an `event_id` dropped (delivery is at least once: a transition
+    /// retried after a lost status write, or after a crash, is sent again with the same id).
     pub fn audit_records(&self, name: &str) -> Vec<serde_json::Value> {
+        let mut seen = std::collections::HashSet::new();
+        self.audit_records_sent(name)
+            .into_iter()
+            .filter(|r| seen.insert(r["event_id"].to_string()))
+            .collect()
+    }
+
+    /// Every audit record sent about the WorkflowExecution `name`, repeats included, in the
+    /// order written: those of each controller process of this test, in the order the processes
+    /// started. Each process has a file of its own, so a process killed while writing a record
+    /// leaves only an incomplete last line there, which is not a record (nor is a line still
+    /// being written).
+    pub fn audit_records_sent(&self, name: &str) -> Vec<serde_json::Value> {
         let n = self.audit_files.load(Ordering::Relaxed);
         let mut records = Vec::new();
         for i in 0..n {
