@@ -117,7 +117,7 @@ pub enum GraphFormat {
     Dot,
 }
 
-fn parse_setting(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_setting(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.trim().to_string(), v.to_string()))
         .filter(|(k, _)| !k.is_empty())
@@ -277,6 +277,20 @@ pub fn graph(rules: &Rules, format: GraphFormat) -> String {
     out
 }
 
+/// Loads rules and a resource file, printing what went wrong.
+fn load_with_resource(
+    rules: &Path,
+    set: &[(String, String)],
+    resource: &Path,
+) -> Result<(Rules, Value), ExitCode> {
+    let rules = load(rules, set)?;
+    let resource = read_object(resource).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })?;
+    Ok((rules, resource))
+}
+
 /// Reads a YAML or JSON object from a file.
 pub fn read_object(path: &Path) -> Result<Value, String> {
     let text = crate::rules::read_limited(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -291,16 +305,9 @@ pub fn read_object(path: &Path) -> Result<Value, String> {
 }
 
 fn render(resource: &Path, rules: &Path, set: &[(String, String)]) -> ExitCode {
-    let rules = match load(rules, set) {
-        Ok(r) => r,
+    let (rules, resource) = match load_with_resource(rules, set, resource) {
+        Ok(x) => x,
         Err(c) => return c,
-    };
-    let resource = match read_object(resource) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
     };
     let now = crate::time::parse_secs("2026-01-01T00:00:00Z").unwrap_or_default();
     let mut obs = Observation {
@@ -360,16 +367,9 @@ fn simulate_cmd(
     format: Format,
     set: &[(String, String)],
 ) -> ExitCode {
-    let rules = match load(rules, set) {
-        Ok(r) => r,
+    let (rules, resource) = match load_with_resource(rules, set, resource) {
+        Ok(x) => x,
         Err(c) => return c,
-    };
-    let resource = match read_object(resource) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
     };
     let Some(start) = crate::time::parse_secs(start) else {
         eprintln!("--start: `{start}` is not an RFC 3339 timestamp");

@@ -2,6 +2,7 @@
 //! into one process, and shuts it down cleanly on SIGTERM / Ctrl-C.
 
 use crate::audit::{self, AuditSink};
+use crate::cli::parse_setting;
 use crate::k8s::{self, LeaseConfig, Readiness, Settings};
 use crate::metrics::Metrics;
 use crate::reload;
@@ -83,13 +84,6 @@ pub enum LogFormat {
     Json,
     /// Human-readable text.
     Text,
-}
-
-fn parse_setting(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
-        .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| format!("expected NAME=VALUE, got `{s}`"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -1047,17 +1047,7 @@ impl<'a> Decider<'a> {
             return Err(invalid("rendered YAML is not a mapping".into()));
         };
         for (field, want) in [("apiVersion", &key.api_version), ("kind", &key.kind)] {
-            match m.get(field).and_then(Value::as_str) {
-                Some(got) if got == want => {}
-                Some(got) => {
-                    return Err(invalid(format!(
-                        "renders {field} `{got}`, but the rules declare `{want}`"
-                    )));
-                }
-                None => {
-                    m.insert(field.into(), Value::String(want.clone()));
-                }
-            }
+            pin_field(m, field, want, field).map_err(invalid)?;
         }
         let meta = m
             .entry("metadata")
@@ -1066,17 +1056,7 @@ impl<'a> Decider<'a> {
             return Err(invalid("metadata is not a mapping".into()));
         };
         for (field, want) in [("name", &key.name), ("namespace", &key.namespace)] {
-            match meta.get(field).and_then(Value::as_str) {
-                Some(got) if got == want => {}
-                Some(got) => {
-                    return Err(invalid(format!(
-                        "renders metadata.{field} `{got}`, but the rules give `{want}`"
-                    )));
-                }
-                None => {
-                    meta.insert(field.into(), Value::String(want.clone()));
-                }
-            }
+            pin_field(meta, field, want, &format!("metadata.{field}")).map_err(invalid)?;
         }
         if meta.contains_key("generateName") || meta.contains_key("ownerReferences") {
             return Err(invalid(
@@ -1168,6 +1148,25 @@ impl Env for Decider<'_> {
     fn wake_at(&self, secs: f64) {
         let w = self.wake.get().map_or(secs, |w| w.min(secs));
         self.wake.set(Some(w));
+    }
+}
+
+/// Makes `obj[field]` equal `want`: fills it in when absent, refuses a different value.
+fn pin_field(
+    obj: &mut Map<String, Value>,
+    field: &str,
+    want: &str,
+    label: &str,
+) -> Result<(), String> {
+    match obj.get(field).and_then(Value::as_str) {
+        Some(got) if got == want => Ok(()),
+        Some(got) => Err(format!(
+            "renders {label} `{got}`, but the rules give `{want}`"
+        )),
+        None => {
+            obj.insert(field.into(), Value::String(want.to_string()));
+            Ok(())
+        }
     }
 }
 
