@@ -55,7 +55,7 @@ fn is_event_id(id: &str) -> bool {
 #[tokio::test]
 async fn a_successful_run_completes_with_status_events_audit_and_metrics() {
     let s = Scope::new("success").await;
-    let ctl = s.start("ctl", "1h").await;
+    let mut ctl = s.start("ctl", "1h").await;
     let revision = ctl.revision().await;
     let name = unique_name("restart");
     let target = "payments/deployment/api";
@@ -302,6 +302,15 @@ async fn a_successful_run_completes_with_status_events_audit_and_metrics() {
             "lifecycle_api_requests_total{verb=\"create\",kind=\"PipelineRun\"}"
         ),
         1.0
+    );
+
+    // SIGTERM: a clean stop
+    let (code, log) = ctl.terminate().await;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(
+        !log.contains(" WARN ") && !log.contains(" ERROR "),
+        "warnings or errors logged:\n{log}"
     );
 }
 
@@ -987,13 +996,16 @@ fn count(events: &[SeenEvent], reason: &str) -> i32 {
 #[tokio::test]
 async fn the_cooldown_releases_the_lock_once() {
     let s = Scope::new("cooldown").await;
-    let mut ctl = s.start("ctl", "3s").await;
+    let mut ctl = s.start("ctl-1", "3s").await;
     let name = unique_name("cool");
     let target = "default/deployment/cooling";
     let (run, started) = running(&s, &name, target).await;
     succeed(&s, &run, &started).await;
     let completed = s.wait_phase(&name, "Completed").await;
     assert!(condition(&completed, "LockReleased").is_none());
+    // the process that waits for the cooldown's end goes; the next one releases the lock
+    ctl.kill();
+    let mut ctl = s.start("ctl-2", "3s").await;
 
     let released = s
         .wait(&name, "LockReleased", |v| {
@@ -1039,7 +1051,7 @@ async fn the_cooldown_releases_the_lock_once() {
     .await;
     assert_eq!(ctl.metric(DELETES).await, 1.0);
     ctl.kill();
-    let ctl2 = s.start("ctl-2", "3s").await;
+    let ctl2 = s.start("ctl-3", "3s").await;
     support::eventually(
         std::time::Duration::from_secs(30),
         "a reconcile by the restarted controller",
@@ -1695,5 +1707,152 @@ async fn rules_mounted_from_configmaps_load_and_reload_on_the_kubelets_symlink_s
         ctl.metric("lifecycle_rules_reload_total{result=\"error\"}")
             .await,
         0.0
+    );
+}
+
+#[tokio::test]
+async fn a_create_forbidden_by_rbac_fails_the_workflow_with_the_api_servers_message() {
+    // deploy/rbac.yaml's execution Role without `create` on PipelineRuns
+    let s = Scope::with_execution_role("forbidden", |role| {
+        for rule in role.rules.iter_mut().flatten() {
+            if rule.resources.iter().flatten().any(|r| r == "pipelineruns") {
+                rule.verbs.retain(|v| v != "create");
+            }
+        }
+    })
+    .await;
+    let _ctl = s.start("ctl", "1s").await;
+    let name = unique_name("forbidden");
+    s.create_wfe(&name, "default/deployment/forbidden").await;
+    let failed = s.wait_phase(&name, "Failed").await;
+    let error = format!(
+        "pipelineruns.tekton.dev is forbidden: User \"{}\" cannot create resource \"pipelineruns\" in API group \"tekton.dev\" in the namespace \"{}\"",
+        support::CONTROLLER_USER,
+        s.exec_ns
+    );
+    let message = format!("Failed to create PipelineRun: {error}");
+    let details = &failed["status"]["failureDetails"];
+    assert_eq!(details["reason"], "Forbidden");
+    assert_eq!(details["message"], message.as_str());
+    assert_eq!(details["wasExecutionFailure"], false);
+    assert!(failed["status"].get("pipelineRunRef").is_none(), "{failed}");
+    assert_condition(
+        &failed,
+        "TektonPipelineCreated",
+        "False",
+        "RBACDenied",
+        &error,
+    );
+    assert_condition(&failed, "Ready", "False", "Forbidden", &message);
+    let events = s.wait_event(&name, "WorkflowFailed").await;
+    assert_eq!(
+        shapes(&events),
+        vec![event(
+            "Warning",
+            "WorkflowFailed",
+            &format!("Pre-execution failure: Forbidden - {message}")
+        )]
+    );
+    assert_eq!(s.run_list().await, Vec::<Value>::new());
+}
+
+#[tokio::test]
+async fn a_create_over_quota_fails_the_workflow_as_resource_exhausted() {
+    use k8s_openapi::api::core::v1::ResourceQuota;
+    let s = Scope::new("quota").await;
+    // no quota controller runs here: the quota's status is written as it would write it
+    let quotas: kube::Api<ResourceQuota> = kube::Api::namespaced(s.admin.clone(), &s.exec_ns);
+    let quota: ResourceQuota = serde_json::from_value(json!({
+        "metadata": {"name": "no-runs"},
+        "spec": {"hard": {"count/pipelineruns.tekton.dev": "0"}},
+    }))
+    .unwrap();
+    quotas
+        .create(&PostParams::default(), &quota)
+        .await
+        .expect("creating the ResourceQuota");
+    quotas
+        .patch_status(
+            "no-runs",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {
+                "hard": {"count/pipelineruns.tekton.dev": "0"},
+                "used": {"count/pipelineruns.tekton.dev": "0"},
+            }})),
+        )
+        .await
+        .expect("writing the ResourceQuota's status");
+    let _ctl = s.start("ctl", "1s").await;
+    let name = unique_name("quota");
+    s.create_wfe(&name, "default/deployment/quota").await;
+    let failed = s.wait_phase(&name, "Failed").await;
+    let error = "pipelineruns.tekton.dev \"wfe-".to_string();
+    let details = &failed["status"]["failureDetails"];
+    assert_eq!(details["reason"], "ResourceExhausted", "{failed}");
+    let message = text(&failed, "/status/failureDetails/message");
+    assert!(
+        message.starts_with(&format!("Failed to create PipelineRun: {error}"))
+            && message.contains("is forbidden: exceeded quota: no-runs, requested: count/pipelineruns.tekton.dev=1, used: count/pipelineruns.tekton.dev=0, limited: count/pipelineruns.tekton.dev=0"),
+        "{message}"
+    );
+    let created = condition(&failed, "TektonPipelineCreated").expect("TektonPipelineCreated");
+    assert_eq!(
+        (created["status"].as_str(), created["reason"].as_str()),
+        (Some("False"), Some("QuotaExceeded"))
+    );
+    assert_eq!(
+        created["message"].as_str(),
+        message.strip_prefix("Failed to create PipelineRun: ")
+    );
+    assert_condition(&failed, "Ready", "False", "ResourceExhausted", &message);
+    assert_eq!(s.run_list().await, Vec::<Value>::new());
+}
+
+#[tokio::test]
+async fn a_reload_that_moves_the_execution_namespace_never_fails_running_workflows() {
+    // the execution namespace comes from the rules file here (no --set), as in a deployment
+    // that changes it in its ConfigMap
+    let s = Scope::new("move").await;
+    let rules = copy_rules(&s, "rules");
+    let setting = |ns: &str| format!("executionNamespace: {ns}");
+    edit(
+        &rules,
+        &setting("kubernaut-workflows"),
+        &setting(&s.exec_ns),
+    );
+    let moved_to = s.env.namespace("move-y").await;
+    support::grant_namespaced_rbac(s.env, &support::default_execution_namespace(), &moved_to).await;
+    let mut args = s.run_args(&rules, "1h");
+    let at = args
+        .iter()
+        .position(|a| a.starts_with("executionNamespace="))
+        .expect("the execution namespace argument");
+    args.drain(at - 1..=at);
+    let mut ctl = ControllerProcess::spawn(s.env, s.dir.path(), "ctl", &args);
+    ctl.wait_ready().await;
+    let name = unique_name("moving");
+    let (run, started) = running(&s, &name, "default/deployment/moving").await;
+
+    edit(&rules, &setting(&s.exec_ns), &setting(&moved_to));
+    let second = revision_of(&rules);
+    support::eventually(
+        std::time::Duration::from_secs(30),
+        "the changed rules to be loaded",
+        || async { (ctl.revision().await == second).then_some(()) },
+    )
+    .await;
+
+    // the workflow still runs (its run is where it was created); it ends when its run ends
+    succeed(&s, &run, &started).await;
+    let v = s
+        .wait(&name, "a terminal phase", |v| {
+            matches!(v["status"]["phase"].as_str(), Some("Completed" | "Failed"))
+        })
+        .await;
+    assert_eq!(
+        v["status"]["phase"],
+        "Completed",
+        "a running workflow was failed by a rules change: {}",
+        serde_json::to_string_pretty(&v["status"]).unwrap_or_default()
     );
 }

@@ -511,3 +511,53 @@ async fn shards_split_the_resources_by_lock_and_together_handle_all() {
     }
     assert_eq!(s.run_list().await.len(), 6);
 }
+
+#[tokio::test]
+async fn a_leader_that_loses_its_lease_exits() {
+    let s = Scope::new("usurped").await;
+    let lease_ns = s.env.namespace("lease").await;
+    support::grant_namespaced_rbac(s.env, support::controller_namespace(), &lease_ns).await;
+    let mut a =
+        ControllerProcess::spawn(s.env, s.dir.path(), "a", &replica_args(&s, "a", &lease_ns));
+    a.wait_ready().await;
+    // another replica takes the Lease (as after a partition that outlasted it)
+    let leases: Api<Lease> = Api::namespaced(s.admin.clone(), &lease_ns);
+    let mut lease = lease_holder(&s, &lease_ns).await.expect("the Lease");
+    let spec = lease.spec.get_or_insert_default();
+    spec.holder_identity = Some("intruder".into());
+    spec.lease_duration_seconds = Some(3600);
+    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        jiff::Timestamp::now(),
+    ));
+    leases
+        .replace(
+            "workflowexecution-controller",
+            &PostParams::default(),
+            &lease,
+        )
+        .await
+        .expect("taking the Lease");
+    let (code, log) = a.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(code, Some(3), "{log}");
+    assert!(
+        log.contains("leadership lost to another replica; exiting"),
+        "{log}"
+    );
+    // and a new process stands by
+    let mut b = ControllerProcess::spawn(
+        s.env,
+        s.dir.path(),
+        "a-again",
+        &replica_args(&s, "a", &lease_ns),
+    );
+    b.wait_serving().await;
+    eventually(Duration::from_secs(30), "a to stand by", || async {
+        b.log()
+            .contains("another replica leads; standing by")
+            .then_some(())
+    })
+    .await;
+    let (code, body) = b.readyz().await.expect("/readyz");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("leader: false"), "{body}");
+}

@@ -473,6 +473,16 @@ pub async fn install_cluster_rbac(env: &TestEnv) {
 /// `source` (same names, rules and subjects), and waits until they take effect. Panics when
 /// deploy/rbac.yaml has none there.
 pub async fn grant_namespaced_rbac(env: &TestEnv, source: &str, target: &str) {
+    grant_namespaced_rbac_edited(env, source, target, |_| {}).await
+}
+
+/// Like [`grant_namespaced_rbac`], with each Role changed by `edit` first (to take a verb away).
+pub async fn grant_namespaced_rbac_edited(
+    env: &TestEnv,
+    source: &str,
+    target: &str,
+    edit: impl Fn(&mut k8s_openapi::api::rbac::v1::Role),
+) {
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     let admin = env.admin().await;
     let mut checks = Vec::new();
@@ -483,7 +493,8 @@ pub async fn grant_namespaced_rbac(env: &TestEnv, source: &str, target: &str) {
         doc["metadata"]["namespace"] = serde_json::Value::String(target.to_string());
         match doc["kind"].as_str() {
             Some("Role") => {
-                let role: Role = serde_json::from_value(doc).expect("Role");
+                let mut role: Role = serde_json::from_value(doc).expect("Role");
+                edit(&mut role);
                 for rule in role.rules.iter().flatten() {
                     let group = rule
                         .api_groups
@@ -664,11 +675,20 @@ pub struct Scope {
 impl Scope {
     /// Creates both namespaces and grants the controller identity exactly deploy/rbac.yaml.
     pub async fn new(prefix: &str) -> Scope {
+        Scope::with_execution_role(prefix, |_| {}).await
+    }
+
+    /// Like [`Scope::new`], with the execution namespace's Role of deploy/rbac.yaml changed by
+    /// `edit` first.
+    pub async fn with_execution_role(
+        prefix: &str,
+        edit: impl Fn(&mut k8s_openapi::api::rbac::v1::Role),
+    ) -> Scope {
         let env = env().await;
         install_cluster_rbac(env).await;
         let ns = env.namespace(prefix).await;
         let exec_ns = env.namespace(&format!("{prefix}-x")).await;
-        grant_namespaced_rbac(env, &default_execution_namespace(), &exec_ns).await;
+        grant_namespaced_rbac_edited(env, &default_execution_namespace(), &exec_ns, edit).await;
         let dir = tempfile::Builder::new()
             .prefix(&format!("{prefix}-"))
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
@@ -1140,6 +1160,18 @@ impl ControllerProcess {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Asks the process to stop (SIGTERM, by its id) and waits for it; returns its exit code
+    /// and log.
+    pub async fn terminate(&mut self) -> (Option<i32>, String) {
+        let pid = self.pid().expect("a running process").to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -TERM {pid}");
+        self.wait_exit(Duration::from_secs(30)).await
     }
 
     /// Waits for the process to exit on its own; returns its exit code and log.
