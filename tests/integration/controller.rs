@@ -274,6 +274,7 @@ async fn a_successful_run_completes_with_status_events_audit_and_metrics() {
     let _ = uid;
 
     // metrics
+    ctl.wait_metric(COMPLETED_TOTAL, 1.0).await;
     let m = ctl.metrics().await;
     assert_eq!(metric_value(&m, COMPLETED_TOTAL), 1.0, "{m}");
     assert_eq!(metric_value(&m, FAILED_TOTAL), 0.0, "{m}");
@@ -519,6 +520,7 @@ async fn a_failed_task_fails_the_workflow_with_exact_failure_details() {
         assert_eq!(data["completed_at"], failed_at.as_str());
         assert_eq!(data["duration"], before.as_str());
     }
+    ctl.wait_metric(FAILED_TOTAL, 3.0).await;
     let m = ctl.metrics().await;
     assert_eq!(metric_value(&m, FAILED_TOTAL), 3.0, "{m}");
     assert_eq!(metric_value(&m, COMPLETED_TOTAL), 0.0, "{m}");
@@ -604,6 +606,7 @@ async fn invalid_resources_fail_validation_with_exact_messages_and_create_no_run
         );
     }
     assert_eq!(s.run_list().await, Vec::<Value>::new());
+    ctl.wait_metric(FAILED_TOTAL, cases.len() as f64).await;
     let m = ctl.metrics().await;
     assert_eq!(metric_value(&m, FAILED_TOTAL), cases.len() as f64, "{m}");
     assert_eq!(metric_value(&m, CREATIONS_TOTAL), 0.0, "{m}");
@@ -754,7 +757,7 @@ async fn a_run_of_ours_that_already_exists_is_adopted() {
             &format!("Created PipelineRun {}/{run}", s.exec_ns)
         )]
     );
-    assert_eq!(ctl.metric(CREATIONS_TOTAL).await, 1.0);
+    ctl.wait_metric(CREATIONS_TOTAL, 1.0).await;
 }
 
 /// The exact message of a lost race for `run`, held by resource `holder`.
@@ -853,8 +856,8 @@ async fn five_resources_created_at_once_for_one_target_make_exactly_one_run() {
             assert_eq!(v["status"]["failureDetails"]["message"], message.as_str());
         }
     }
-    assert_eq!(ctl.metric(CREATIONS_TOTAL).await, 1.0);
-    assert_eq!(ctl.metric(FAILED_TOTAL).await, 4.0);
+    ctl.wait_metric(CREATIONS_TOTAL, 1.0).await;
+    ctl.wait_metric(FAILED_TOTAL, 4.0).await;
 
     // the winner finishes; after its cooldown the lock is free again, and only the winner
     // released it
@@ -955,7 +958,7 @@ async fn a_run_deleted_from_outside_fails_the_workflow() {
     assert_eq!(records[1]["event_data"]["failure_reason"], "Unknown");
     // nothing re-creates it
     assert!(s.run(&run).await.is_none());
-    assert_eq!(ctl.metric(CREATIONS_TOTAL).await, 1.0);
+    ctl.wait_metric(CREATIONS_TOTAL, 1.0).await;
 }
 
 /// Drives a new resource for `target` to Running; returns the run's name and the start time.
@@ -1029,7 +1032,7 @@ async fn the_cooldown_releases_the_lock_once() {
         [event("Normal", "LockReleased", &message)]
     );
     const DELETES: &str = "lifecycle_api_requests_total{verb=\"delete\",kind=\"PipelineRun\"}";
-    assert_eq!(ctl.metric(DELETES).await, 1.0);
+    ctl.wait_metric(DELETES, 1.0).await;
 
     // later reconciles (a change to the resource, then a restart) release nothing again
     const RECONCILES: &str = "lifecycle_reconciles_total{result=\"ok\"}";
@@ -1049,7 +1052,7 @@ async fn the_cooldown_releases_the_lock_once() {
         || async { (ctl.metric(RECONCILES).await > before).then_some(()) },
     )
     .await;
-    assert_eq!(ctl.metric(DELETES).await, 1.0);
+    ctl.wait_metric(DELETES, 1.0).await;
     ctl.kill();
     let ctl2 = s.start("ctl-3", "3s").await;
     support::eventually(
@@ -1058,7 +1061,7 @@ async fn the_cooldown_releases_the_lock_once() {
         || async { (ctl2.metric(RECONCILES).await >= 1.0).then_some(()) },
     )
     .await;
-    assert_eq!(ctl2.metric(DELETES).await, 0.0);
+    ctl2.wait_metric(DELETES, 0.0).await;
     let after = s.get(&name).await.expect("the resource");
     assert_eq!(
         condition(&after, "LockReleased").unwrap()["lastTransitionTime"],
@@ -1142,11 +1145,11 @@ async fn deleting_a_resource_deletes_its_own_run_and_never_another() {
         s.get(&winner).await.expect("the winner")["status"]["phase"],
         "Running"
     );
-    assert_eq!(
-        ctl.metric("lifecycle_api_requests_total{verb=\"delete\",kind=\"PipelineRun\"}")
-            .await,
-        2.0
-    );
+    ctl.wait_metric(
+        "lifecycle_api_requests_total{verb=\"delete\",kind=\"PipelineRun\"}",
+        2.0,
+    )
+    .await;
     let names: Vec<String> = s
         .run_list()
         .await
@@ -1459,7 +1462,7 @@ async fn a_controller_killed_right_after_resources_appear_finishes_them_after_re
             s.wait_phase(n, "Completed").await;
         }
     }
-    assert_eq!(ctl.metric(COMPLETED_TOTAL).await, 5.0);
+    ctl.wait_metric(COMPLETED_TOTAL, 5.0).await;
 }
 
 #[tokio::test]
@@ -1537,9 +1540,9 @@ async fn a_controller_killed_mid_lifecycle_finishes_every_resource_after_restart
         assert_one_id_per_transition(&s, n);
     }
     // the second process created only the late resource's run
-    assert_eq!(ctl.metric(CREATIONS_TOTAL).await, 1.0);
-    assert_eq!(ctl.metric(COMPLETED_TOTAL).await, 2.0);
-    assert_eq!(ctl.metric(FAILED_TOTAL).await, 1.0);
+    ctl.wait_metric(CREATIONS_TOTAL, 1.0).await;
+    ctl.wait_metric(COMPLETED_TOTAL, 2.0).await;
+    ctl.wait_metric(FAILED_TOTAL, 1.0).await;
 }
 
 #[tokio::test]

@@ -480,7 +480,12 @@ async fn shards_split_the_resources_by_lock_and_together_handle_all() {
         );
     }
     for (name, target, shard) in resources.iter().chain(&dups) {
-        let events = s.events(name).await;
+        let reason = if name.starts_with("dup") {
+            "WorkflowFailed"
+        } else {
+            "PipelineRunCreated"
+        };
+        let events = s.wait_event(name, reason).await;
         assert_eq!(events.len(), 1, "{name}: {events:?}");
         assert_eq!(
             events[0].instance,
@@ -503,11 +508,11 @@ async fn shards_split_the_resources_by_lock_and_together_handle_all() {
             .collect();
         expected.sort();
         assert_eq!(created_by(p), expected, "shard {index}");
-        assert_eq!(
-            p.metric("workflowexecution_reconciler_pipelinerun_creations_total")
-                .await,
-            3.0
-        );
+        p.wait_metric(
+            "workflowexecution_reconciler_pipelinerun_creations_total",
+            3.0,
+        )
+        .await;
     }
     assert_eq!(s.run_list().await.len(), 6);
 }

@@ -1144,6 +1144,26 @@ impl ControllerProcess {
         metric_value(&self.metrics().await, series)
     }
 
+    /// Waits until a metric series has `value` (a transition's metrics are recorded after its
+    /// status write, so they may lag what the API shows by a moment).
+    pub async fn wait_metric(&self, series: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.metric(series).await;
+            if now == value {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "controller {}: {series} is {now}, not {value}:\n{}",
+                    self.label,
+                    self.metrics().await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The revision of the rules this process runs, from /readyz.
     pub async fn revision(&self) -> String {
         let (_, body) = self.readyz().await.expect("/readyz");
