@@ -1859,3 +1859,86 @@ async fn a_reload_that_moves_the_execution_namespace_never_fails_running_workflo
         serde_json::to_string_pretty(&v["status"]).unwrap_or_default()
     );
 }
+
+/// A stand-in audit receiver: answers 503 to the first `failures` batches, then accepts;
+/// returns its base URL and what it accepted (path, content type, body).
+async fn audit_receiver(
+    failures: usize,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String, Value)>>>,
+) {
+    use axum::http::{HeaderMap, StatusCode, Uri};
+    let accepted: std::sync::Arc<std::sync::Mutex<Vec<(String, String, Value)>>> =
+        Default::default();
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let store = accepted.clone();
+    let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: String| {
+        let store = store.clone();
+        let refused = refused.clone();
+        async move {
+            if refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < failures {
+                return StatusCode::SERVICE_UNAVAILABLE;
+            }
+            let content_type = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            store
+                .lock()
+                .unwrap()
+                .push((uri.path().to_string(), content_type, body));
+            StatusCode::OK
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port for the receiver");
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn audit_records_reach_an_http_endpoint_at_least_once() {
+    let s = Scope::new("audit-http").await;
+    let (url, accepted) = audit_receiver(2).await;
+    let mut args = s.run_args(&support::repo_root().join("lifecycle.yaml"), "1h");
+    args.extend(["--audit".to_string(), format!("{url}/")]);
+    let mut ctl = ControllerProcess::spawn(s.env, s.dir.path(), "ctl", &args);
+    ctl.wait_ready().await;
+    let name = unique_name("audited");
+    let (run, started) = running(&s, &name, "default/deployment/audited").await;
+    succeed(&s, &run, &started).await;
+    s.wait_phase(&name, "Completed").await;
+    // the file has both records; the endpoint gets the same, after refusing twice
+    let in_file = s.wait_audit(&name, "workflow.completed").await;
+    let received = support::eventually(
+        std::time::Duration::from_secs(30),
+        "both records at the endpoint",
+        || async {
+            let batches = accepted.lock().unwrap().clone();
+            let mut seen = std::collections::HashSet::new();
+            let records: Vec<Value> = batches
+                .iter()
+                .flat_map(|(_, _, body)| body.as_array().cloned().unwrap_or_default())
+                .filter(|r| r["resource_id"] == name.as_str())
+                .filter(|r| seen.insert(r["event_id"].to_string()))
+                .collect();
+            (records.len() == 2).then_some((batches, records))
+        },
+    )
+    .await;
+    let (batches, records) = received;
+    for (path, content_type, body) in &batches {
+        assert_eq!(path, "/api/v1/audit/events/batch");
+        assert_eq!(content_type, "application/json");
+        assert!(body.is_array(), "{body}");
+    }
+    assert_eq!(records, in_file);
+    ctl.wait_metric("lifecycle_audit_dropped_total", 0.0).await;
+}
