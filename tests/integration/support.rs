@@ -413,22 +413,45 @@ pub fn default_execution_namespace() -> String {
         .to_string()
 }
 
-/// Every document of deploy/rbac.yaml.
+/// The RBAC objects deploy/ installs (deploy/rbac.yaml, as `kubectl kustomize deploy/` renders
+/// it, so that the tests grant exactly what an installation grants, wherever the file lives).
 pub fn rbac_documents() -> Vec<serde_json::Value> {
-    let path = repo_root().join("deploy/rbac.yaml");
-    let text = std::fs::read_to_string(&path).expect("deploy/rbac.yaml");
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| {
-            <serde_json::Value as serde::Deserialize>::deserialize(doc)
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        })
-        .filter(|v| !v.is_null())
-        .collect()
+    static DOCS: OnceLock<Vec<serde_json::Value>> = OnceLock::new();
+    DOCS.get_or_init(|| {
+        let bin = std::process::Command::new(repo_root().join("scripts/testenv"))
+            .arg("bin")
+            .output()
+            .expect("scripts/testenv bin");
+        let kubectl = Path::new(String::from_utf8_lossy(&bin.stdout).trim()).join("kubectl");
+        let out = std::process::Command::new(&kubectl)
+            .arg("kustomize")
+            .arg(repo_root().join("deploy"))
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", kubectl.display()));
+        assert!(
+            out.status.success(),
+            "kubectl kustomize deploy/: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_yaml::Deserializer::from_str(&text)
+            .map(|doc| {
+                <serde_json::Value as serde::Deserialize>::deserialize(doc)
+                    .unwrap_or_else(|e| panic!("kubectl kustomize deploy/: {e}"))
+            })
+            .filter(|v| {
+                v["apiVersion"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("rbac.authorization.k8s.io/"))
+            })
+            .collect()
+    })
+    .clone()
 }
 
 static CLUSTER_RBAC: OnceCell<()> = OnceCell::const_new();
 
-/// Applies the ClusterRole and ClusterRoleBinding of deploy/rbac.yaml (server-side, so again and
+/// Applies the ClusterRoles and ClusterRoleBindings of deploy/ (server-side, so again and
 /// again is harmless), once per test process, and waits until the controller identity may watch
 /// WorkflowExecutions.
 pub async fn install_cluster_rbac(env: &TestEnv) {
@@ -463,7 +486,7 @@ pub async fn install_cluster_rbac(env: &TestEnv) {
                     _ => {}
                 }
             }
-            assert!(roles > 0, "deploy/rbac.yaml has no ClusterRole");
+            assert!(roles > 0, "deploy/ has no ClusterRole");
             wait_until_allowed(env, "watch", "kubernaut.ai", "workflowexecutions", None).await;
         })
         .await;
