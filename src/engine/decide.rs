@@ -391,6 +391,22 @@ impl<'a> Decider<'a> {
     // ---- identity ----
 
     fn object_key(&self) -> Result<ObjectKey, Stop> {
+        let ex = &self.rules.execution;
+        if let Some(field) = &self.rules.resource.status.execution
+            && let Some(recorded) = self.obs.resource.get("status").and_then(|s| s.get(field))
+            && let (Some(ns), Some(name)) = (
+                recorded.get("namespace").and_then(Value::as_str),
+                recorded.get("name").and_then(Value::as_str),
+            )
+        {
+            // where the object was created, whatever the templates say now
+            return Ok(ObjectKey {
+                api_version: ex.api_version.clone(),
+                kind: ex.kind.clone(),
+                namespace: ns.to_string(),
+                name: name.to_string(),
+            });
+        }
         let ctx = self.ctx(None, None);
         let t = &self.rules.templates;
         let ex = &self.rules.execution;
@@ -653,7 +669,16 @@ impl<'a> Decider<'a> {
             requeue = Some(requeue.map_or(secs, |r| r.min(secs)));
         }
 
-        // the engine's own bookkeeping: recovery from an earlier rules error
+        // the engine's own bookkeeping: where our execution object is, once it exists (only
+        // while a status is being written anyway, so this never costs a write of its own)
+        if let Some(field) = &rules.resource.status.execution
+            && self.owned == Value::Bool(true)
+            && desired.get(field).is_none()
+            && status::merge_patch(&current, &desired).is_some()
+        {
+            set_field(&mut desired, field, json!({"namespace": key.namespace, "name": key.name}));
+        }
+        // recovery from an earlier rules error
         let list = conditions_mut(&mut desired, &rules.resource.status.conditions);
         if list.iter().any(|x| {
             x.get("type").and_then(Value::as_str) == Some(ERROR_CONDITION)

@@ -139,6 +139,10 @@ pub struct StatusFields {
     /// Field recording the revision of the rules that last acted on the resource, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    /// Field recording where the execution object is (`{namespace, name}`) once it exists, so
+    /// that a later change of the rules' name or namespace templates never loses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<String>,
 }
 
 impl Default for StatusFields {
@@ -148,6 +152,7 @@ impl Default for StatusFields {
             conditions: default_conditions_field(),
             observed_generation: None,
             revision: None,
+            execution: None,
         }
     }
 }
