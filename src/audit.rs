@@ -68,54 +68,81 @@ impl Default for Config {
 /// The handle reconciles use.
 #[derive(Clone)]
 pub struct AuditSink {
-    tx: Option<mpsc::Sender<Value>>,
+    /// One buffer per target, so a slow target never holds back the others.
+    txs: Vec<mpsc::Sender<Value>>,
     metrics: Arc<Metrics>,
 }
 
 impl AuditSink {
-    /// Starts delivery in the background (no targets: records are discarded uncounted).
+    /// Starts delivery in the background, one task per target (no targets: records are
+    /// discarded uncounted).
     pub fn start(config: Config, metrics: Arc<Metrics>) -> AuditSink {
-        if config.targets.is_empty() {
-            return AuditSink { tx: None, metrics };
+        let mut txs = Vec::new();
+        for target in &config.targets {
+            let (tx, rx) = mpsc::channel(config.buffer.max(1));
+            tokio::spawn(deliver(rx, target.clone(), config.clone(), metrics.clone()));
+            txs.push(tx);
         }
-        let (tx, rx) = mpsc::channel(config.buffer.max(1));
-        tokio::spawn(deliver(rx, config, metrics.clone()));
-        AuditSink {
-            tx: Some(tx),
-            metrics,
-        }
+        AuditSink { txs, metrics }
     }
 
-    /// Queues a record; never waits.
+    /// Queues a record for every target; never waits.
     pub fn send(&self, record: Value) {
-        let Some(tx) = &self.tx else { return };
-        if tx.try_send(record).is_err() {
-            self.metrics.audit_dropped.inc();
-            tracing::warn!("audit buffer full: record dropped");
+        for tx in &self.txs {
+            if tx.try_send(record.clone()).is_err() {
+                self.metrics.audit_dropped.inc();
+                tracing::warn!("audit buffer full: record dropped");
+            }
         }
     }
 }
 
-async fn deliver(mut rx: mpsc::Receiver<Value>, config: Config, metrics: Arc<Metrics>) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .ok();
-    let mut file = None;
-    for t in &config.targets {
-        if let Target::File(p) = t {
-            match std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-            {
-                Ok(f) => file = Some(f),
-                Err(e) => {
-                    tracing::error!(path = %p.display(), error = %e, "cannot open the audit file")
-                }
-            }
+/// JSON lines of a batch, each record whole on its own line.
+fn lines(batch: &[Value]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in batch {
+        if serde_json::to_writer(&mut out, r).is_ok() {
+            out.push(b'\n');
         }
     }
+    out
+}
+
+async fn deliver(
+    mut rx: mpsc::Receiver<Value>,
+    target: Target,
+    config: Config,
+    metrics: Arc<Metrics>,
+) {
+    let client = match &target {
+        Target::Http(_) => reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .ok(),
+        _ => None,
+    };
+    let mut file = match &target {
+        Target::File(p) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
+            Ok(mut f) => {
+                // a record cut short by an earlier crash stays a line of its own
+                let ends_cleanly =
+                    std::fs::read(p).map_or(true, |b| b.is_empty() || b.ends_with(b"\n"));
+                if !ends_cleanly {
+                    let _ = f.write_all(b"\n");
+                }
+                Some(f)
+            }
+            Err(e) => {
+                tracing::error!(path = %p.display(), error = %e, "cannot open the audit file");
+                None
+            }
+        },
+        _ => None,
+    };
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -125,28 +152,22 @@ async fn deliver(mut rx: mpsc::Receiver<Value>, config: Config, metrics: Arc<Met
                 Err(_) => break,
             }
         }
-        for t in &config.targets {
-            match t {
-                Target::Stdout => {
-                    let mut out = std::io::stdout().lock();
-                    for r in &batch {
-                        let _ = writeln!(out, "{r}");
-                    }
+        match &target {
+            // one write per batch: readers never see half a record, and a record cut short by
+            // a crash cannot merge with the next process's first one
+            Target::Stdout => {
+                let _ = std::io::stdout().lock().write_all(&lines(&batch));
+            }
+            Target::File(_) => {
+                if let Some(f) = file.as_mut()
+                    && let Err(e) = f.write_all(&lines(&batch)).and_then(|()| f.flush())
+                {
+                    tracing::error!(error = %e, "cannot write the audit file");
                 }
-                Target::File(_) => {
-                    if let Some(f) = file.as_mut() {
-                        for r in &batch {
-                            if let Err(e) = writeln!(f, "{r}") {
-                                tracing::error!(error = %e, "cannot write the audit file");
-                            }
-                        }
-                        let _ = f.flush();
-                    }
-                }
-                Target::Http(url) => {
-                    if let Some(c) = &client {
-                        post_until_accepted(c, url, &batch, config.max_backoff).await;
-                    }
+            }
+            Target::Http(url) => {
+                if let Some(c) = &client {
+                    post_until_accepted(c, url, &batch, config.max_backoff).await;
                 }
             }
         }
