@@ -97,6 +97,16 @@ impl AuditSink {
     }
 }
 
+/// The last byte of a file, if it has one.
+fn last_byte(path: &std::path::Path) -> Option<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    f.seek(SeekFrom::End(-1)).ok()?;
+    let mut b = [0u8; 1];
+    f.read_exact(&mut b).ok()?;
+    Some(b[0])
+}
+
 /// JSON lines of a batch, each record whole on its own line.
 fn lines(batch: &[Value]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -129,8 +139,7 @@ async fn deliver(
         {
             Ok(mut f) => {
                 // a record cut short by an earlier crash stays a line of its own
-                let ends_cleanly =
-                    std::fs::read(p).map_or(true, |b| b.is_empty() || b.ends_with(b"\n"));
+                let ends_cleanly = last_byte(p).is_none_or(|b| b == b'\n');
                 if !ends_cleanly {
                     let _ = f.write_all(b"\n");
                 }

@@ -676,7 +676,11 @@ impl<'a> Decider<'a> {
             && desired.get(field).is_none()
             && status::merge_patch(&current, &desired).is_some()
         {
-            set_field(&mut desired, field, json!({"namespace": key.namespace, "name": key.name}));
+            set_field(
+                &mut desired,
+                field,
+                json!({"namespace": key.namespace, "name": key.name}),
+            );
         }
         // recovery from an earlier rules error
         let list = conditions_mut(&mut desired, &rules.resource.status.conditions);
