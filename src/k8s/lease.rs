@@ -138,3 +138,26 @@ pub fn keep(client: Client, cfg: LeaseConfig) {
         }
     });
 }
+
+/// Gives the Lease up at shutdown so a standby takes over at once instead of after it expires.
+pub async fn release(client: &Client, cfg: &LeaseConfig) {
+    let api: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+    let Ok(Some(mut lease)) = api.get_opt(&cfg.name).await else {
+        return;
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return;
+    };
+    if spec.holder_identity.as_deref() != Some(cfg.identity.as_str()) {
+        return;
+    }
+    spec.holder_identity = None;
+    spec.renew_time = None;
+    spec.acquire_time = None;
+    match api.replace(&cfg.name, &PostParams::default(), &lease).await {
+        Ok(_) => tracing::info!("Lease released"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot release the Lease; a standby takes over when it expires")
+        }
+    }
+}

@@ -276,6 +276,9 @@ pub async fn run(
             }
         })
         .await;
+    if let Some(lease) = &settings.lease {
+        lease::release(&client, lease).await;
+    }
     Ok(())
 }
 
