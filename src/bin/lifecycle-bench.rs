@@ -108,6 +108,13 @@ struct Args {
     /// Record a `perf` profile of the controller during the run of this size.
     #[arg(long)]
     perf_size: Option<usize>,
+    /// Options of `perf record` (e.g. "-F 99 --call-graph dwarf,16384" for call chains through
+    /// Rust code, which has no frame pointers).
+    #[arg(long, default_value = "-F 499 -g", allow_hyphen_values = true)]
+    perf_args: String,
+    /// What the report names as the measured build (default: this work tree's commit).
+    #[arg(long)]
+    controller_commit: Option<String>,
     /// Deadline per size: this much plus --deadline-per-resource times N.
     #[arg(long, default_value = "180s", value_parser = parse_duration)]
     deadline: Duration,
@@ -1325,10 +1332,10 @@ struct Correctness {
 struct ReloadSample {
     /// Write of the changed template until /readyz shows the new revision, ms.
     readyz_revision_ms: Option<f64>,
-    /// Write until the first probe created afterwards whose run carries the change, ms.
+    /// Write until the first new resource's run carrying the change is seen, ms (probes are
+    /// created every 50 ms from the write on).
     effective_ms: Option<f64>,
-    /// The last probe whose run still had the old template was created this long after the
-    /// write, ms (a lower bound of the reload time).
+    /// Write until the last probe run still rendered with the old template was seen, ms.
     last_old_ms: Option<f64>,
     probes: usize,
 }
@@ -1369,6 +1376,8 @@ struct SizeResult {
     startup_ready_s: Option<f64>,
     startup_rss_mib: Option<f64>,
     startup_cpu_s: Option<f64>,
+    /// API requests the controller made from start until 3 s after ready (own metric).
+    startup_api_requests: Option<f64>,
     shutdown_s: Option<f64>,
     profile: Option<String>,
     correctness: Correctness,
@@ -1388,6 +1397,11 @@ struct MemoryResult {
     restart_ready_s: Option<f64>,
     restart_rss_mib: Option<f64>,
     restart_peak_rss_mib: Option<f64>,
+    /// Mean JSON size of a cached WorkflowExecution and PipelineRun, and of their managedFields.
+    resource_bytes_mean: f64,
+    resource_managed_fields_bytes_mean: f64,
+    run_bytes_mean: f64,
+    run_managed_fields_bytes_mean: f64,
     problems: Vec<String>,
 }
 
@@ -1598,7 +1612,7 @@ impl Bench {
         tokio::time::sleep(Duration::from_millis(500)).await; // watches established
 
         let perf = match self.args.perf_size {
-            Some(s) if s == n => start_perf(controller.pid, &self.args.out, &spec.name, n),
+            Some(s) if s == n => start_perf(controller.pid, &self.args, &spec.name, n),
             _ => None,
         };
         let m0 = controller.metrics(&self.http).await;
@@ -1683,13 +1697,24 @@ impl Bench {
         result.all_running_s = all_running.map(|t| (t - t0) / 1000.0);
         result.all_terminal_s = all_terminal.map(|t| (t - t0) / 1000.0);
         result.cpu_to_terminal_s = u1.cpu_s - u0.cpu_s;
+        // runs that exist now plus those the cooldown already deleted: one per resource
+        let released = |track: &Shared| {
+            lock(track)
+                .pr
+                .values()
+                .filter(|p| name_set.contains(&p.owner) && p.deleted.is_some())
+                .count()
+        };
+        let before = released(&track);
         let listed = player
             .prs
             .list_metadata(&ListParams::default().labels(&format!("{SOURCE_NS_LABEL}={ns}")))
             .await?
             .items
             .len();
-        result.correctness.runs_listed_at_terminal = Some(listed);
+        if released(&track) == before {
+            result.correctness.runs_listed_at_terminal = Some(listed + before);
+        }
 
         // wait for every lock to be released (runs deleted after the cooldown)
         let mut end = (m1.clone(), a1.clone(), h1.clone(), u1, t_terminal_snap);
@@ -1920,6 +1945,11 @@ impl Bench {
                     let u = sampler.now();
                     result.startup_rss_mib = Some(u.rss_kib as f64 / 1024.0);
                     result.startup_cpu_s = Some(u.cpu_s);
+                    let m = again.metrics(&self.http).await;
+                    if !m.is_empty() {
+                        result.startup_api_requests =
+                            Some(metric_sum(&m, "lifecycle_api_requests_total"));
+                    }
                 }
                 Err(e) => result
                     .correctness
@@ -1989,19 +2019,28 @@ impl Bench {
                 let all_seen = probes.iter().all(|(p, _)| label_of(p).is_some());
                 if seen_new && all_seen && (sample.readyz_revision_ms.is_some() || before.is_none())
                 {
-                    for (p, t) in &probes {
-                        match label_of(p).flatten() {
-                            Some(v) if v == value => {
-                                if sample.effective_ms.is_none() {
-                                    sample.effective_ms = Some(t - t_write);
-                                }
+                    let mut changed = false;
+                    for (p, _) in &probes {
+                        let Some(run) = tr.pr.values().find(|x| x.owner == *p) else {
+                            continue;
+                        };
+                        let seen = run.added.map(|t| t - t_write);
+                        if run.reload_label.as_deref() == Some(value.as_str()) {
+                            changed = true;
+                            sample.effective_ms = match (sample.effective_ms, seen) {
+                                (Some(a), Some(b)) => Some(a.min(b)),
+                                (a, b) => a.or(b),
+                            };
+                        } else {
+                            if changed {
+                                bail!(
+                                    "probe {p} got the old template after an earlier probe got the new one"
+                                );
                             }
-                            _ => {
-                                if sample.effective_ms.is_some() {
-                                    bail!("probe {p} got the old template after a newer one");
-                                }
-                                sample.last_old_ms = Some(t - t_write);
-                            }
+                            sample.last_old_ms = match (sample.last_old_ms, seen) {
+                                (Some(a), Some(b)) => Some(a.max(b)),
+                                (a, b) => a.or(b),
+                            };
                         }
                     }
                     sample.probes = probes.len();
@@ -2100,6 +2139,29 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         result.fill_s = (now_ms() - t0) / 1000.0;
+        let sizes = |items: Vec<DynamicObject>| {
+            let n = items.len().max(1) as f64;
+            let (mut all, mut managed) = (0usize, 0usize);
+            for o in &items {
+                all += serde_json::to_string(o).map(|s| s.len()).unwrap_or(0);
+                managed += serde_json::to_string(&o.metadata.managed_fields)
+                    .map(|s| s.len())
+                    .unwrap_or(0);
+            }
+            (all as f64 / n, managed as f64 / n)
+        };
+        let lp = ListParams::default().limit(500);
+        (
+            result.resource_bytes_mean,
+            result.resource_managed_fields_bytes_mean,
+        ) = sizes(wfes.list(&lp).await?.items);
+        (result.run_bytes_mean, result.run_managed_fields_bytes_mean) = sizes(
+            player
+                .prs
+                .list(&lp.labels(&format!("{SOURCE_NS_LABEL}={ns}")))
+                .await?
+                .items,
+        );
         w1.abort();
         w2.abort();
         // settle: the last part of the window measures the steady state
@@ -2186,7 +2248,7 @@ fn check(c: &mut Correctness, released: bool) {
         && l != c.resources
     {
         p.push(format!(
-            "{l} runs listed once all were terminal, expected {}",
+            "{l} runs listed (or already released) once all were terminal, expected {}",
             c.resources
         ));
     }
@@ -2210,11 +2272,13 @@ struct Perf {
     report: PathBuf,
 }
 
-fn start_perf(pid: u32, out: &Path, name: &str, n: usize) -> Option<Perf> {
-    let data = abs(&out.join(format!("perf-{name}-n{n}.data")));
-    let report = abs(&out.join(format!("perf-{name}-n{n}.txt")));
+fn start_perf(pid: u32, args: &Args, name: &str, n: usize) -> Option<Perf> {
+    let data = abs(&args.out.join(format!("perf-{name}-n{n}.data")));
+    let report = abs(&args.out.join(format!("perf-{name}-n{n}.txt")));
     let child = tokio::process::Command::new("perf")
-        .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
+        .arg("record")
+        .args(args.perf_args.split_whitespace())
+        .args(["-p", &pid.to_string(), "-o"])
         .arg(&data)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -2241,12 +2305,16 @@ async fn finish_perf(mut p: Perf) -> Option<String> {
         return None;
     }
     let mut text = String::new();
-    for sort in ["dso", "symbol"] {
+    for (sort, children) in [
+        ("dso", "--no-children"),
+        ("symbol", "--no-children"),
+        ("symbol", "--children"),
+    ] {
         let out = tokio::process::Command::new("perf")
             .args([
                 "report",
                 "--stdio",
-                "--no-children",
+                children,
                 "-g",
                 "none",
                 "--percent-limit",
@@ -2334,7 +2402,7 @@ fn markdown(r: &Report) -> String {
     o.push('\n');
     for s in &r.sizes {
         o.push_str(&format!(
-            "- {} N={}: creates took {:.1} s; CPU to all terminal {:.2} s, to all released {} s; harness CPU {:.1} s; control plane CPU {:?}; reconcile {}; decision {}; reconciles/min {}; status {:.0} B mean, {} B max; start-up RSS {} MiB; shutdown {} s; API requests per lifecycle by kind (own metric) {:?}; (apiserver) {:?}{}\n",
+            "- {} N={}: creates took {:.1} s; CPU to all terminal {:.2} s, to all released {} s; harness CPU {:.1} s; control plane CPU {:?}; reconcile {}; decision {}; reconciles/min {}; status {:.0} B mean, {} B max; start-up RSS {} MiB, API requests {}; shutdown {} s; API requests per lifecycle by kind (own metric) {:?}; (apiserver) {:?}{}\n",
             s.controller,
             s.n,
             s.create_s,
@@ -2362,6 +2430,7 @@ fn markdown(r: &Report) -> String {
             s.status_bytes_mean,
             s.status_bytes_max,
             f1(s.startup_rss_mib),
+            f1(s.startup_api_requests),
             f2(s.shutdown_s),
             s.controller_api_requests_by_kind
                 .iter()
@@ -2403,8 +2472,12 @@ fn markdown(r: &Report) -> String {
         }
         for m in &r.memory {
             o.push_str(&format!(
-                "\n- {} steady-state API requests/s by kind: {:?}\n",
+                "\n- {}: a WorkflowExecution is {:.0} B of JSON, {:.0} B of it managedFields; a PipelineRun {:.0} B, {:.0} B managedFields; steady-state API requests/s by kind: {:?}\n",
                 m.controller,
+                m.resource_bytes_mean,
+                m.resource_managed_fields_bytes_mean,
+                m.run_bytes_mean,
+                m.run_managed_fields_bytes_mean,
                 m.settle_api_requests_by_kind
                     .iter()
                     .map(|(k, v)| format!("{k} {v:.1}"))
@@ -2477,8 +2550,12 @@ async fn run(args: Args) -> Result<Report> {
         run_id,
         cooldown: cooldown.clone(),
     };
+    let mut machine = machine();
+    if let Some(c) = &args.controller_commit {
+        machine.commit = c.clone();
+    }
     let mut report = Report {
-        machine: machine(),
+        machine,
         settings: json!({
             "sizes": args.sizes, "fail_share": args.fail_share,
             "run_hold_s": args.run_hold.as_secs_f64(), "create_concurrency": args.create_concurrency,
@@ -2502,7 +2579,7 @@ async fn run(args: Args) -> Result<Report> {
         Ok(cp)
     };
     for spec in &specs {
-        for &n in &args.sizes {
+        for &n in args.sizes.iter().filter(|n| **n > 0) {
             eprintln!("bench: {} with N={n}", spec.name);
             let mut cp = plane()?;
             let r = bench.run_size(&cp, spec, n).await;
@@ -2515,6 +2592,7 @@ async fn run(args: Args) -> Result<Report> {
                 r.correctness.problems.len()
             );
             report.sizes.push(r);
+            write_report(&args.out, &report)?;
         }
         if args.memory_size > 0 && !args.smoke {
             eprintln!("bench: {} memory test with {}", spec.name, args.memory_size);
@@ -2524,9 +2602,23 @@ async fn run(args: Args) -> Result<Report> {
             report
                 .memory
                 .push(r.with_context(|| format!("{} memory test", spec.name))?);
+            write_report(&args.out, &report)?;
         }
     }
     Ok(report)
+}
+
+/// Writes bench.json and bench.md (after every measurement, so a long run leaves what it has).
+fn write_report(out: &Path, report: &Report) -> Result<String> {
+    let md = markdown(report);
+    std::fs::create_dir_all(out)?;
+    std::fs::write(
+        out.join("bench.json"),
+        serde_json::to_string_pretty(report)?,
+    )
+    .with_context(|| format!("writing {}", out.display()))?;
+    std::fs::write(out.join("bench.md"), &md)?;
+    Ok(md)
 }
 
 fn main() -> ExitCode {
@@ -2562,19 +2654,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let md = markdown(&report);
-    let written = std::fs::create_dir_all(&out)
-        .and_then(|_| {
-            std::fs::write(
-                out.join("bench.json"),
-                serde_json::to_string_pretty(&report).unwrap_or_default(),
-            )
-        })
-        .and_then(|_| std::fs::write(out.join("bench.md"), &md));
-    if let Err(e) = written {
-        eprintln!("bench: cannot write results to {}: {e}", out.display());
-        return ExitCode::FAILURE;
-    }
+    let md = match write_report(&out, &report) {
+        Ok(md) => md,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     println!("{md}");
     eprintln!("bench: results in {}", out.display());
     let problems: usize = report
