@@ -649,7 +649,14 @@ impl ControlPlane {
             );
             Ok(())
         };
-        let p = |rel: &str| root.join(rel).to_string_lossy().into_owned();
+        // resolved: kubectl reads a symlink to a folder (deploy/crds) as a file
+        let p = |rel: &str| {
+            let path = root.join(rel);
+            std::fs::canonicalize(&path)
+                .unwrap_or(path)
+                .to_string_lossy()
+                .into_owned()
+        };
         run(&[
             "apply",
             "--server-side",
