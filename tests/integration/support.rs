@@ -455,8 +455,14 @@ static CLUSTER_RBAC: OnceCell<()> = OnceCell::const_new();
 /// again is harmless), once per test process, and waits until the controller identity may watch
 /// WorkflowExecutions.
 pub async fn install_cluster_rbac(env: &TestEnv) {
-    CLUSTER_RBAC
-        .get_or_init(|| async {
+    CLUSTER_RBAC.get_or_init(|| apply_cluster_rbac(env)).await;
+}
+
+/// Applies the ClusterRoles and ClusterRoleBindings of deploy/ to `env` (every time it is
+/// called: for a control plane of a test's own) and waits until they take effect.
+pub async fn apply_cluster_rbac(env: &TestEnv) {
+    {
+        {
             use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
             let admin = env.admin().await;
             let params = PatchParams::apply(FIELD_MANAGER).force();
@@ -488,8 +494,8 @@ pub async fn install_cluster_rbac(env: &TestEnv) {
             }
             assert!(roles > 0, "deploy/ has no ClusterRole");
             wait_until_allowed(env, "watch", "kubernaut.ai", "workflowexecutions", None).await;
-        })
-        .await;
+        }
+    }
 }
 
 /// Creates, in `target`, every Role and RoleBinding that deploy/rbac.yaml puts in namespace
@@ -709,6 +715,20 @@ impl Scope {
     ) -> Scope {
         let env = env().await;
         install_cluster_rbac(env).await;
+        Scope::build(env, prefix, edit).await
+    }
+
+    /// Like [`Scope::new`], on another control plane (one of the test's own, see
+    /// [`PrivateControlPlane`]), whose cluster-wide RBAC the caller has applied.
+    pub async fn in_env(env: &'static TestEnv, prefix: &str) -> Scope {
+        Scope::build(env, prefix, |_| {}).await
+    }
+
+    async fn build(
+        env: &'static TestEnv,
+        prefix: &str,
+        edit: impl Fn(&mut k8s_openapi::api::rbac::v1::Role),
+    ) -> Scope {
         let ns = env.namespace(prefix).await;
         let exec_ns = env.namespace(&format!("{prefix}-x")).await;
         grant_namespaced_rbac_edited(env, &default_execution_namespace(), &exec_ns, edit).await;
@@ -1119,6 +1139,13 @@ impl ControllerProcess {
         self.addr.expect("address")
     }
 
+    /// Whether the process is still running (it has not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     #[track_caller]
     fn assert_running(&mut self) {
         if let Some(child) = self.child.as_mut()
@@ -1322,5 +1349,73 @@ impl ConfigMapVolume {
         std::os::unix::fs::symlink(&data, self.dir.join("..data_tmp")).expect("..data_tmp");
         std::fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data")).expect("swap");
         std::fs::remove_dir_all(self.dir.join(old)).expect("old data folder");
+    }
+}
+
+/// A control plane of one test's own (`scripts/testenv up` in a state folder of its own), for
+/// faults that must not hit the shared one, such as restarting the API server. Stopped (by
+/// process id, through `scripts/testenv down`) when dropped; a watchdog also stops it when the
+/// test process exits.
+pub struct PrivateControlPlane {
+    /// The control plane, CRDs installed.
+    pub env: &'static TestEnv,
+    dir: PathBuf,
+}
+
+impl PrivateControlPlane {
+    /// Starts one in `target/tmp/<label>-<pid>` and installs the CRDs and the cluster-wide RBAC
+    /// of deploy/.
+    pub async fn start(label: &str) -> PrivateControlPlane {
+        let dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{label}-{}", std::process::id()));
+        let status = tokio::process::Command::new(repo_root().join("scripts/testenv"))
+            .args(["up", "--owner-pid", &std::process::id().to_string()])
+            .env("LIFECYCLE_TESTENV_DIR", &dir)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await
+            .expect("running scripts/testenv up");
+        assert!(status.success(), "scripts/testenv up in {}", dir.display());
+        let env: &'static TestEnv = Box::leak(Box::new(TestEnv {
+            kubeconfig: dir.join("kubeconfig"),
+            log_dir: Some(dir.clone()),
+        }));
+        let plane = PrivateControlPlane { env, dir };
+        install_crds(env.admin().await, repo_root())
+            .await
+            .expect("installing the CRDs");
+        apply_cluster_rbac(env).await;
+        plane
+    }
+
+    /// Runs `scripts/testenv <args>` on this control plane; panics when it fails.
+    pub async fn testenv(&self, args: &[&str]) {
+        let status = tokio::process::Command::new(repo_root().join("scripts/testenv"))
+            .args(args)
+            .env("LIFECYCLE_TESTENV_DIR", &self.dir)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await
+            .expect("running scripts/testenv");
+        assert!(status.success(), "scripts/testenv {}", args.join(" "));
+    }
+
+    /// The process id of its kube-apiserver.
+    pub fn apiserver_pid(&self) -> String {
+        std::fs::read_to_string(self.dir.join("kube-apiserver.pid"))
+            .expect("kube-apiserver.pid")
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for PrivateControlPlane {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(repo_root().join("scripts/testenv"))
+            .arg("down")
+            .env("LIFECYCLE_TESTENV_DIR", &self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
