@@ -3,6 +3,7 @@
 
 mod controller;
 mod deploy;
+mod faults;
 mod smoke;
 // Helpers not every test uses.
 #[allow(dead_code)]
