@@ -1363,6 +1363,8 @@ struct SizeResult {
     cpu_to_terminal_s: f64,
     cpu_to_released_s: Option<f64>,
     cpu_ms_per_lifecycle: f64,
+    /// CPU of the idle controller (5 s before the first create), ms per second.
+    idle_cpu_ms_per_s: f64,
     peak_rss_mib: f64,
     /// This harness's own CPU over the same window, seconds.
     harness_cpu_s: f64,
@@ -1618,6 +1620,11 @@ impl Bench {
         );
         tokio::time::sleep(Duration::from_millis(500)).await; // watches established
 
+        // what the controller spends doing nothing, to tell apart from the lifecycle's cost
+        let idle0 = sampler.now();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let idle1 = sampler.now();
+        result.idle_cpu_ms_per_s = (idle1.cpu_s - idle0.cpu_s) * 1000.0 / 5.0;
         let perf = match self.args.perf_size {
             Some(s) if s == n => start_perf(controller.pid, &self.args, &spec.name, n),
             _ => None,
@@ -2409,9 +2416,10 @@ fn markdown(r: &Report) -> String {
     o.push('\n');
     for s in &r.sizes {
         o.push_str(&format!(
-            "- {} N={}: creates took {:.1} s; CPU to all terminal {:.2} s, to all released {} s; harness CPU {:.1} s; control plane CPU {:?}; reconcile {}; decision {}; reconciles/min {}; status {:.0} B mean, {} B max; start-up RSS {} MiB, API requests {}; shutdown {} s; API requests per lifecycle by kind (own metric) {:?}; (apiserver) {:?}{}\n",
+            "- {} N={}: idle CPU {:.1} ms/s; creates took {:.1} s; CPU to all terminal {:.2} s, to all released {} s; harness CPU {:.1} s; control plane CPU {:?}; reconcile {}; decision {}; reconciles/min {}; status {:.0} B mean, {} B max; start-up RSS {} MiB, API requests {}; shutdown {} s; API requests per lifecycle by kind (own metric) {:?}; (apiserver) {:?}{}\n",
             s.controller,
             s.n,
+            s.idle_cpu_ms_per_s,
             s.create_s,
             s.cpu_to_terminal_s,
             f2(s.cpu_to_released_s),
