@@ -1039,8 +1039,8 @@ fn hostile_cases() -> Vec<(&'static str, Value, Expect)> {
             Expect::Fails(empty_part(1)),
         ),
         (
-            "100 KB valid target",
-            target(format!("default/deployment/{big}")),
+            "20 KB valid target",
+            target(format!("default/deployment/{}", "y".repeat(20_000))),
             Expect::Runs,
         ),
         (
@@ -1246,4 +1246,19 @@ async fn hostile_specs_are_rejected_or_finish_precisely_and_never_crash_the_cont
         count("failed"),
         count("completed")
     );
+}
+
+/// A target the CRD admits but longer than a condition message may be (32768 bytes): the run is
+/// created and completes, so its lock must be released too. Pins a defect of the default rules:
+/// the LockReleased condition's message embeds the whole target, the status write of the release
+/// is refused with 422 (`status.conditions[5].message: Too long`) and retried for ever, so the
+/// resource never records the release.
+#[tokio::test]
+async fn a_100_kb_target_completes_and_releases_its_lock() {
+    let s = Scope::new("fault-bigtarget").await;
+    let ctl = s.start("ctl", "1s").await;
+    let target = format!("default/deployment/{}", "x".repeat(100_000));
+    let outcome = hostile_case(&s, "100 KB valid target", &wfe_body(&target), &Expect::Runs).await;
+    assert_eq!(outcome, "completed");
+    drop(ctl);
 }
