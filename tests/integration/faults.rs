@@ -896,11 +896,11 @@ async fn a_reload_storm_never_lets_a_reconcile_use_an_invalid_rule_set() {
     let mut ctl = ctl;
     ctl.wait_ready().await;
     let items = lifecycles(m, "storm", 30);
-    let (mut good, mut bad) = (0u64, 0u64);
+    let (mut good, mut bad, mut settled_bad) = (0u64, 0u64, 0u64);
     let storm_writer = async {
         let mut rng = Rng::new(31);
         let end = tokio::time::Instant::now() + Duration::from_millis(storm);
-        let mut i = 0u64;
+        let (mut i, mut burst, mut current) = (0u64, 0u64, 0usize);
         while tokio::time::Instant::now() < end {
             i += 1;
             if i.is_multiple_of(2) {
@@ -911,9 +911,25 @@ async fn a_reload_storm_never_lets_a_reconcile_use_an_invalid_rule_set() {
                 good += 1;
             }
             tokio::time::sleep(rng.ms(50, 100)).await;
+            if i.is_multiple_of(6) {
+                // let the reloader's debounce (300 ms) settle on a variant now and then, so that
+                // reloads, accepted and rejected, happen while lifecycles run
+                burst += 1;
+                if burst.is_multiple_of(2) {
+                    write_atomically(&rules, &invalid[0]);
+                    bad += 1;
+                    settled_bad += 1;
+                } else {
+                    current = (current + 1) % valid.len();
+                    write_atomically(&rules, &valid[current].1);
+                    good += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+            }
         }
         // the storm ends on a valid variant
-        write_atomically(&rules, &valid[1].1);
+        current = (current + 1) % valid.len();
+        write_atomically(&rules, &valid[current].1);
         good += 1;
     };
     let players = futures::future::join_all(
@@ -945,6 +961,10 @@ async fn a_reload_storm_never_lets_a_reconcile_use_an_invalid_rule_set() {
     let m_text = ctl.metrics().await;
     let ok = support::metric_value(&m_text, "lifecycle_rules_reload_total{result=\"ok\"}");
     let err = support::metric_value(&m_text, "lifecycle_rules_reload_total{result=\"error\"}");
+    if settled_bad > 0 {
+        assert!(err >= 1.0, "no rejected reload: {m_text}");
+    }
+    assert!(ok >= 1.0, "no accepted reload: {m_text}");
     assert_no_panic(&s);
     eprintln!(
         "figures: storm: {m} lifecycles, {} rewrites ({good} valid, {bad} invalid) in {storm} ms, controller reloads ok={ok} error={err}, revisions recorded {}",
