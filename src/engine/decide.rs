@@ -1,6 +1,6 @@
 //! The decision procedure.
 
-use super::status::{self, Condition};
+use super::status::{self, Condition, truncate};
 use super::{
     ActionError, DecideError, Decision, Effect, EventRecord, MetricRecord, ObjectKey, Observation,
     RelatedRequest,
@@ -1270,17 +1270,6 @@ fn condition_status<'v>(status: &'v Value, field: &str, kind: &str) -> Option<&'
         .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))?
         .get("status")?
         .as_str()
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max.saturating_sub(3);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
 }
 
 fn check_dns_name(s: &str, max: usize) -> Result<(), String> {

@@ -49,8 +49,32 @@ pub struct Condition<'a> {
     pub message: String,
 }
 
-/// Sets a condition in `list`: `lastTransitionTime` moves only when the status flips.
+/// Longest condition message Kubernetes accepts (`metav1.Condition`).
+pub const MAX_CONDITION_MESSAGE: usize = 32_768;
+/// Longest condition reason Kubernetes accepts.
+pub const MAX_CONDITION_REASON: usize = 1_024;
+
+/// Cuts `s` to at most `max` bytes on a character boundary, marking the cut with `...`.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// Sets a condition in `list`: `lastTransitionTime` moves only when the status flips. Reason and
+/// message are cut to the lengths Kubernetes accepts, so a long value can never make the whole
+/// status write fail.
 pub fn set_condition(list: &mut Vec<Value>, c: Condition<'_>, now: &str, generation: Option<i64>) {
+    let c = Condition {
+        reason: truncate(&c.reason, MAX_CONDITION_REASON),
+        message: truncate(&c.message, MAX_CONDITION_MESSAGE),
+        ..c
+    };
     let existing = list
         .iter_mut()
         .find(|x| x.get("type").and_then(Value::as_str) == Some(c.kind));
@@ -201,6 +225,26 @@ mod tests {
         assert_eq!(list[0]["observedGeneration"], 2);
         set_condition(&mut list, c("True", "C"), "t3", None);
         assert_eq!(list[0]["lastTransitionTime"], "t3");
+    }
+
+    #[test]
+    fn long_condition_messages_are_cut_to_what_kubernetes_accepts() {
+        let mut list = Vec::new();
+        let long = "é".repeat(40_000);
+        set_condition(
+            &mut list,
+            Condition {
+                kind: "LockReleased",
+                status: "True".into(),
+                reason: "R".repeat(2_000),
+                message: long,
+            },
+            "t",
+            None,
+        );
+        let message = list[0]["message"].as_str().unwrap();
+        assert!(message.len() <= MAX_CONDITION_MESSAGE && message.ends_with("..."));
+        assert!(list[0]["reason"].as_str().unwrap().len() <= MAX_CONDITION_REASON);
     }
 
     #[test]
