@@ -737,8 +737,9 @@ fn abs(p: &Path) -> PathBuf {
 impl Controller {
     fn spawn(l: &Launch) -> Result<Controller> {
         let metrics = format!("127.0.0.1:{}", free_port()?);
-        let default = l.spec.command.contains("{default}") || l.spec.name == "lifecycle-engine";
-        let health = if default {
+        // readiness is asked of {health_address} when the command names one, else of the
+        // metrics address (where `lifecycle run` serves /readyz too)
+        let health = if !l.spec.command.contains("{health_address}") {
             metrics.clone()
         } else {
             format!("127.0.0.1:{}", free_port()?)
