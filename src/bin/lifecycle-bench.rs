@@ -820,10 +820,14 @@ impl Controller {
         Some(body[at..at + end].to_string())
     }
 
-    /// SIGTERM, then SIGKILL after 15 s; returns the time it took to exit, ms.
+    /// SIGTERM to the process and its descendants (a wrapper that does not `exec` must not
+    /// leave the controller behind), then SIGKILL after 15 s; returns the time to exit, ms.
     async fn stop(mut self) -> f64 {
         let t0 = now_ms();
-        signal(self.pid, "TERM");
+        let tree = process_tree(self.pid);
+        for pid in tree.iter().rev() {
+            signal(*pid, "TERM");
+        }
         if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
             .await
             .is_err()
@@ -834,7 +838,18 @@ impl Controller {
             );
             let _ = self.child.kill().await;
         }
-        now_ms() - t0
+        let waited = now_ms() - t0;
+        // a descendant still running 5 s later gets SIGKILL
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for pid in tree.into_iter().skip(1) {
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                signal(pid, "KILL");
+            }
+        }
+        waited
     }
 }
 
