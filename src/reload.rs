@@ -103,7 +103,10 @@ pub fn start(
     ];
     dirs.push(initial.templates_dir());
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        // reading the files (our own loads included) is no change
+        if let Ok(ev) = res
+            && !matches!(ev.kind, notify::EventKind::Access(_))
+        {
             let _ = fs_tx.send(());
         }
     });

@@ -666,7 +666,7 @@ impl ControlPlane {
             "-f",
             &p("tests/crds"),
             "-f",
-            &p("deploy/namespace.yaml"),
+            &p("deploy/base/namespace.yaml"),
         ])?;
         run(&[
             "wait",
@@ -681,7 +681,7 @@ impl ControlPlane {
             "--server-side",
             "--field-manager=lifecycle-bench",
             "-f",
-            &p("deploy/rbac.yaml"),
+            &p("deploy/base/rbac.yaml"),
         ])
     }
 }

@@ -199,10 +199,12 @@ pub async fn run(
     let exec_store = exec_writer.as_reader();
     let exec_stream = reflector::reflector(
         exec_writer,
-        watcher(exec_api, watcher::Config::default().labels(&exec_selector)).default_backoff(),
+        // trimmed before the cache stores them
+        watcher(exec_api, watcher::Config::default().labels(&exec_selector))
+            .modify(|o| o.metadata.managed_fields = None)
+            .default_backoff(),
     )
-    .touched_objects()
-    .map(|r| r.map(trim));
+    .touched_objects();
     let resource_dyntype = resource_ar.clone();
     let mapper_owner = owner.clone();
     let map_back = move |ex: DynamicObject| {
@@ -249,8 +251,18 @@ pub async fn run(
         }
     });
 
+    // the resources, trimmed before the cache stores them
+    let resource_writer = reflector::store::Writer::new(resource_ar.clone());
+    let resource_store = resource_writer.as_reader();
+    let resource_stream = reflector::reflector(
+        resource_writer,
+        watcher(resources, watcher::Config::default())
+            .modify(|o| o.metadata.managed_fields = None)
+            .default_backoff(),
+    )
+    .applied_objects();
     let controller =
-        Controller::new_with(resources, watcher::Config::default(), resource_ar.clone())
+        Controller::for_stream_with(resource_stream, resource_store, resource_ar.clone())
             .with_config(ControllerConfig::default().concurrency(settings.concurrency))
             .watches_stream_with(exec_stream, map_back, execution_ar.clone())
             .reconcile_all_on(reconcile_all_rx)
@@ -292,12 +304,6 @@ fn fixed_execution_namespace(rules: &Rules) -> Option<String> {
         .text(&rules.execution.namespace, &ctx)
         .ok()
         .filter(|s| !s.is_empty())
-}
-
-/// Drops what the engine never reads before an object is cached.
-fn trim(mut obj: DynamicObject) -> DynamicObject {
-    obj.metadata.managed_fields = None;
-    obj
 }
 
 /// Shard of a lock key (FNV-1a, stable across processes and versions).
