@@ -108,7 +108,8 @@ impl<'r> World<'r> {
 
     /// Adds or replaces an object.
     pub fn put(&mut self, obj: Value) -> Result<(), String> {
-        let key = key_of(&obj).ok_or("an object needs apiVersion, kind and metadata.name")?;
+        let key =
+            ObjectKey::of(&obj).ok_or("an object needs apiVersion, kind and metadata.name")?;
         let obj = self.stamp(obj);
         self.objects.insert(key, obj);
         Ok(())
@@ -194,7 +195,7 @@ impl<'r> World<'r> {
             }
         }
         for obj in created {
-            let k = key_of(&obj)
+            let k = ObjectKey::of(&obj)
                 .ok_or("a simulated object needs apiVersion, kind and metadata.name")?;
             self.note(
                 "appears",
@@ -341,7 +342,7 @@ impl<'r> World<'r> {
                 }
             }
             Effect::CreateExecution { object } => {
-                let Some(key) = key_of(object) else {
+                let Some(key) = ObjectKey::of(object) else {
                     return Outcome::Retry(ActionError {
                         action: "create".into(),
                         code: 422,
@@ -363,7 +364,7 @@ impl<'r> World<'r> {
                             Outcome::Retry(err)
                         };
                     }
-                    if transient(err.code) {
+                    if engine::is_transient(err.code) {
                         return Outcome::Backoff(format!(
                             "create failed with {}: retried later",
                             err.code
@@ -490,25 +491,6 @@ enum Outcome {
     Retry(ActionError),
     /// A transient failure: stop, retry the reconcile later.
     Backoff(String),
-}
-
-/// Whether the controller retries an API failure with this code instead of reporting it.
-fn transient(code: u16) -> bool {
-    code == 0 || code == 409 || code == 429 || code >= 500
-}
-
-/// The identity of an object from its own fields.
-pub fn key_of(obj: &Value) -> Option<ObjectKey> {
-    Some(ObjectKey {
-        api_version: obj.get("apiVersion")?.as_str()?.to_string(),
-        kind: obj.get("kind")?.as_str()?.to_string(),
-        namespace: obj
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
-        name: obj.pointer("/metadata/name")?.as_str()?.to_string(),
-    })
 }
 
 /// Dotted names of the fields a merge patch sets or removes, for readable timelines.

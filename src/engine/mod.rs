@@ -60,6 +60,29 @@ pub struct ObjectKey {
     pub name: String,
 }
 
+impl ObjectKey {
+    /// The identity of an object from its own fields.
+    pub fn of(obj: &Value) -> Option<ObjectKey> {
+        Some(ObjectKey {
+            api_version: obj.get("apiVersion")?.as_str()?.to_string(),
+            kind: obj.get("kind")?.as_str()?.to_string(),
+            namespace: obj
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            name: obj.pointer("/metadata/name")?.as_str()?.to_string(),
+        })
+    }
+}
+
+/// Whether an API failure with this HTTP code is retried by the shell rather than shown to the
+/// rules (no response, conflicts, throttling, server errors). The controller and the simulated
+/// world share it, so simulations fail exactly where the controller would.
+pub fn is_transient(code: u16) -> bool {
+    code == 0 || code == 409 || code == 429 || code >= 500
+}
+
 /// Related objects the decision needs before it can be made.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RelatedRequest {

@@ -26,7 +26,7 @@ fn now_secs() -> f64 {
 /// Whether an API error is worth retrying (timeouts, throttling, server errors, conflicts).
 fn transient(e: &kube::Error) -> bool {
     match e {
-        kube::Error::Api(s) => s.code == 409 || s.code == 429 || s.code >= 500 || s.code == 0,
+        kube::Error::Api(s) => engine::is_transient(s.code),
         _ => true,
     }
 }
@@ -326,7 +326,7 @@ async fn carry_out(
                 }
             }
             Effect::CreateExecution { object } => {
-                let Some(key) = crate::simulate::key_of(object) else {
+                let Some(key) = ObjectKey::of(object) else {
                     return Err(Error::Api(
                         "the rendered execution object has no identity".into(),
                     ));
