@@ -1,4 +1,5 @@
-//! Checks that files generated from others stay in sync.
+//! Checks of the repository itself: files generated from others stay in sync, and the pure
+//! core stays pure.
 
 use std::path::Path;
 
@@ -42,4 +43,123 @@ fn deploy_rules_are_a_copy_of_the_top_level_rules() {
         names.len(),
         "deploy/base/rules/templates has files templates/ lacks: {hint}"
     );
+}
+
+/// What the pure core must never use: the network, processes, the file system, the environment,
+/// the clock, or an async runtime. Each entry is a text that would appear in code using it.
+const IMPURE: &[&str] = &[
+    "kube::",
+    "k8s_openapi",
+    "tokio",
+    "reqwest",
+    "axum",
+    "notify::",
+    "std::fs",
+    "fs::read",
+    "File::open",
+    "std::env",
+    "env::var",
+    "std::net",
+    "std::process",
+    "SystemTime",
+    "Instant",
+    "Timestamp::now",
+    "Zoned::now",
+    "thread::sleep",
+];
+
+/// Files of the pure core allowed to read files, each with why: reading is one step before the
+/// pure compilation, kept in one place so everything after it can be tested from strings.
+const READS_FILES: &[&str] = &[
+    // `Rules::load` and `read_limited`: the rules file and its templates, then compiled
+    "src/rules/mod.rs",
+    "src/rules/compile.rs",
+];
+
+/// The code of a source file without its test module (`#[cfg(test)] mod tests { ... }` at the
+/// end, as rustfmt and this project place it); `#[cfg(test)] mod name;` declarations are skipped.
+fn code_of(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i].trim();
+        if line == "#[cfg(test)]" {
+            let next = lines.get(i + 1).map(|l| l.trim()).unwrap_or("");
+            if next.starts_with("mod ") && next.ends_with('{') {
+                break;
+            }
+            i += 2;
+            continue;
+        }
+        if !line.starts_with("//") {
+            out.push_str(lines[i]);
+            out.push('\n');
+        }
+        i += 1;
+    }
+    out
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs")
+            && !path.to_string_lossy().ends_with("_tests.rs")
+        {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn the_pure_core_touches_no_network_files_environment_or_clock() {
+    let r = root();
+    let mut files = vec![r.join("src/time.rs")];
+    for dir in ["src/rules", "src/expr", "src/render", "src/engine"] {
+        rust_files(&r.join(dir), &mut files);
+    }
+    assert!(files.len() > 10, "the pure core's files were not found");
+    let mut found = Vec::new();
+    for file in &files {
+        let rel = file
+            .strip_prefix(r)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        let code = code_of(&std::fs::read_to_string(file).unwrap());
+        for line in code.lines() {
+            for bad in IMPURE {
+                let allowed = READS_FILES.contains(&rel.as_str())
+                    && ["std::fs", "fs::read", "File::open"].contains(bad);
+                if line.contains(bad) && !allowed {
+                    found.push(format!("{rel}: `{bad}` in: {}", line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "the pure core (rules, expr, render, engine, time) must not use the network, files, the \
+         environment or the clock; move this into src/runtime or src/offline, or pass the value \
+         in:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_purity_check_sees_impure_code() {
+    let code = code_of(
+        "use std::fs;\n#[cfg(test)]\nmod helpers;\nfn a() { let _ = std::env::var(\"X\"); }\n\
+         #[cfg(test)]\nmod tests {\n    fn b() { std::process::exit(1) }\n}\n",
+    );
+    assert!(code.contains("std::env::var"));
+    assert!(code.contains("use std::fs"));
+    assert!(
+        !code.contains("std::process"),
+        "the test module is left out"
+    );
+    assert!(!code.contains("mod helpers"));
 }

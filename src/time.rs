@@ -39,6 +39,13 @@ pub fn go_duration(secs: f64) -> String {
     }
 }
 
+/// [`parse_duration`] as a [`std::time::Duration`], for command-line flags.
+pub fn parse_std_duration(text: &str) -> Result<std::time::Duration, String> {
+    let secs = parse_duration(text)?;
+    std::time::Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("duration `{text}` is too long"))
+}
+
 /// Parses a Go-style duration (`300ms`, `10s`, `5m`, `1h30m`, `1.5h`) into seconds.
 /// A bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<f64, String> {

@@ -566,12 +566,12 @@ fn the_default_lifecycle_loads() {
 #[test]
 fn the_job_lifecycle_scenarios_pass() {
     let rules = root().join("examples/job-lifecycle.yaml");
-    let files = crate::scenario::collect(&[root().join("tests/lifecycle-job")])
+    let files = crate::offline::scenario::collect(&[root().join("tests/lifecycle-job")])
         .expect("tests/lifecycle-job has scenarios");
     assert!(files.len() >= 10, "{files:?}");
     let failures: Vec<String> = files
         .iter()
-        .map(|f| crate::scenario::run_file(f, &rules))
+        .map(|f| crate::offline::scenario::run_file(f, &rules))
         .filter(|o| !o.failures.is_empty())
         .map(|o| {
             format!(
@@ -598,20 +598,20 @@ fn the_job_lifecycle_simulates_a_success_and_a_failure() {
         Ok(Err(e)) => panic!("examples/job-lifecycle.yaml:\n{e}"),
         Err(e) => panic!("{e}"),
     };
-    let resource = crate::cli::read_object(&root().join("examples/job.yaml")).expect("example");
+    let resource = crate::offline::read_object(&root().join("examples/job.yaml")).expect("example");
     let start = crate::time::parse_secs("2026-01-01T00:00:00Z").expect("start");
     for (outcome, phase, reason) in [
         ("succeeded", "Succeeded", "Succeeded"),
         ("failed", "Failed", "BackoffLimitExceeded"),
     ] {
-        let script = crate::simulate::Script {
+        let script = crate::offline::simulate::Script {
             outcome: outcome.into(),
             reason: String::new(),
             message: String::new(),
             after: 45.0,
             limit: 24.0 * 3600.0,
         };
-        let world = crate::simulate::run(&rules, resource.clone(), start, &script)
+        let world = crate::offline::simulate::run(&rules, resource.clone(), start, &script)
             .unwrap_or_else(|e| panic!("{outcome}: {e}"));
         let status = &world.resource.as_ref().expect("the resource exists")["status"];
         assert_eq!(status["phase"], phase, "{outcome}: {status}");

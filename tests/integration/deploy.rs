@@ -421,7 +421,7 @@ async fn shards_split_the_resources_by_lock_and_together_handle_all() {
     let mut by_shard: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     for i in 0.. {
         let target = format!("default/deployment/app-{i}");
-        let shard = lifecycle_engine::k8s::shard_of(&run_name(&target), 2);
+        let shard = lifecycle_engine::runtime::k8s::shard_of(&run_name(&target), 2);
         let list = by_shard.entry(shard).or_default();
         if list.len() < 3 {
             list.push(target);
@@ -457,7 +457,7 @@ async fn shards_split_the_resources_by_lock_and_together_handle_all() {
         }
     }
     let invalid = unique_name("invalid");
-    let invalid_shard = lifecycle_engine::k8s::shard_of(&run_name(""), 2);
+    let invalid_shard = lifecycle_engine::runtime::k8s::shard_of(&run_name(""), 2);
     for (name, target, _) in &resources {
         s.create_wfe(name, target).await;
     }

@@ -6,7 +6,7 @@
 //! repeats that at-least-once delivery implies. When the buffer is full the record is dropped
 //! and counted (`lifecycle_audit_dropped_total`), so that audit can never stall a lifecycle.
 
-use crate::metrics::Metrics;
+use crate::runtime::metrics::Metrics;
 use serde_json::Value;
 use std::io::Write;
 use std::sync::Arc;

@@ -1,12 +1,12 @@
 //! `lifecycle run`: wires the rules, the reloader, audit, metrics and the Kubernetes shell
 //! into one process, and shuts it down cleanly on SIGTERM / Ctrl-C.
 
-use crate::audit::{self, AuditSink};
-use crate::cli::parse_setting;
-use crate::k8s::{self, LeaseConfig, Readiness, Settings};
-use crate::metrics::Metrics;
-use crate::reload;
+use crate::rules::parse_setting;
 use crate::rules::{LoadError, Rules};
+use crate::runtime::audit::{self, AuditSink};
+use crate::runtime::k8s::{self, LeaseConfig, Readiness, Settings};
+use crate::runtime::metrics::Metrics;
+use crate::runtime::reload;
 use clap::{Args, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,7 +60,7 @@ pub struct RunArgs {
     #[arg(long, env = "LIFECYCLE_IDENTITY")]
     pub identity: Option<String>,
     /// Lease validity without renewal.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = crate::time::parse_std_duration)]
     pub lease_duration: Duration,
     /// This replica's shard (0-based); with --shard-count.
     #[arg(long, env = "LIFECYCLE_SHARD_INDEX", requires = "shard_count")]
@@ -70,7 +70,7 @@ pub struct RunArgs {
     #[arg(long, env = "LIFECYCLE_SHARD_COUNT", requires = "shard_index")]
     pub shard_count: Option<u32>,
     /// Quiet time after a rules change before it is loaded.
-    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "300ms", value_parser = crate::time::parse_std_duration)]
     pub reload_debounce: Duration,
     /// Log format.
     #[arg(long, env = "LIFECYCLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
@@ -84,10 +84,6 @@ pub enum LogFormat {
     Json,
     /// Human-readable text.
     Text,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::time::parse_duration(s).map(Duration::from_secs_f64)
 }
 
 fn init_logging(format: LogFormat) {
@@ -175,7 +171,7 @@ async fn run(args: RunArgs, rules: Arc<Rules>) -> Result<(), k8s::Error> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let server_state = crate::server::ServerState {
+    let server_state = crate::runtime::server::ServerState {
         metrics: metrics.clone(),
         rules: handle.clone(),
         readiness: readiness.clone(),
@@ -183,7 +179,7 @@ async fn run(args: RunArgs, rules: Arc<Rules>) -> Result<(), k8s::Error> {
     let addr = args.metrics_address;
     let server_stop = stopped(stop_rx.clone());
     tokio::spawn(async move {
-        if let Err(e) = crate::server::serve(addr, server_state, server_stop).await {
+        if let Err(e) = crate::runtime::server::serve(addr, server_state, server_stop).await {
             tracing::error!(address = %addr, error = %e, "cannot serve /metrics");
         }
     });

@@ -7,8 +7,8 @@
 //! A broken change is rejected and the last good rules keep running. A slow periodic check
 //! backs up file notifications on file systems that do not deliver them.
 
-use crate::metrics::Metrics;
 use crate::rules::Rules;
+use crate::runtime::metrics::Metrics;
 use notify::{RecursiveMode, Watcher};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -12,10 +12,10 @@ mod reconcile;
 
 pub use lease::LeaseConfig;
 
-use crate::audit::AuditSink;
-use crate::metrics::Metrics;
-use crate::reload::RulesHandle;
 use crate::rules::Rules;
+use crate::runtime::audit::AuditSink;
+use crate::runtime::metrics::Metrics;
+use crate::runtime::reload::RulesHandle;
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;

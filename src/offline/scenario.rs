@@ -8,8 +8,8 @@
 
 use crate::engine::Effect;
 use crate::expr::{Path as JPath, loose_eq};
+use crate::offline::simulate::World;
 use crate::rules::Rules;
-use crate::simulate::World;
 use indexmap::IndexMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -259,7 +259,7 @@ fn run(s: &Scenario, file: &Path, default_rules: &Path) -> Result<(), String> {
     let rules = Rules::load(&rules_path, &overrides).map_err(|e| format!("rules: {e}"))?;
     let mut resource = match (&s.resource, &s.resource_file) {
         (Some(r), None) => r.clone(),
-        (None, Some(f)) => crate::cli::read_object(&dir.join(f))?,
+        (None, Some(f)) => crate::offline::read_object(&dir.join(f))?,
         _ => return Err("give exactly one of `resource` and `resourceFile`".into()),
     };
     if let Some(p) = &s.resource_patch {

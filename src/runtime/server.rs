@@ -1,8 +1,8 @@
 //! `/healthz`, `/readyz` and `/metrics`.
 
-use crate::k8s::Readiness;
-use crate::metrics::Metrics;
-use crate::reload::RulesHandle;
+use crate::runtime::k8s::Readiness;
+use crate::runtime::metrics::Metrics;
+use crate::runtime::reload::RulesHandle;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};

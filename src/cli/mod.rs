@@ -5,8 +5,8 @@
 //! (a file that cannot be read, bad arguments).
 
 use crate::engine::{self, Effect, Observation};
+use crate::offline::simulate;
 use crate::rules::{LoadError, Rules};
-use crate::simulate;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the controller against a cluster.
-    Run(Box<crate::controller::RunArgs>),
+    Run(Box<crate::runtime::controller::RunArgs>),
     /// Check a rules file; exit 0 when valid, 1 when invalid, 2 when unreadable.
     Check {
         /// The rules file.
@@ -33,7 +33,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
         /// Override a setting (NAME=VALUE), as a deployment would.
-        #[arg(long = "set", value_parser = parse_setting)]
+        #[arg(long = "set", value_parser = crate::rules::parse_setting)]
         set: Vec<(String, String)>,
     },
     /// Print the JSON Schema of the rules file.
@@ -57,7 +57,7 @@ enum Command {
         #[arg(long, default_value = "lifecycle.yaml")]
         rules: PathBuf,
         /// Override a setting (NAME=VALUE).
-        #[arg(long = "set", value_parser = parse_setting)]
+        #[arg(long = "set", value_parser = crate::rules::parse_setting)]
         set: Vec<(String, String)>,
     },
     /// Run a whole lifecycle over a virtual clock and print the timeline.
@@ -73,10 +73,10 @@ enum Command {
         #[arg(long, default_value = "succeeded")]
         outcome: String,
         /// Time from the execution object's creation to its outcome.
-        #[arg(long, default_value = "45s", value_parser = parse_duration)]
+        #[arg(long, default_value = "45s", value_parser = crate::time::parse_duration)]
         after: f64,
         /// Stop after this much virtual time.
-        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        #[arg(long, default_value = "24h", value_parser = crate::time::parse_duration)]
         limit: f64,
         /// Virtual start time (RFC 3339).
         #[arg(long, default_value = "2026-01-01T00:00:00Z")]
@@ -85,7 +85,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
         /// Override a setting (NAME=VALUE).
-        #[arg(long = "set", value_parser = parse_setting)]
+        #[arg(long = "set", value_parser = crate::rules::parse_setting)]
         set: Vec<(String, String)>,
     },
     /// Run rule-file scenarios (YAML files or folders of them); prints `N passed, N failed`.
@@ -117,22 +117,11 @@ pub enum GraphFormat {
     Dot,
 }
 
-pub(crate) fn parse_setting(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
-        .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| format!("expected NAME=VALUE, got `{s}`"))
-}
-
-fn parse_duration(s: &str) -> Result<f64, String> {
-    crate::time::parse_duration(s)
-}
-
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => crate::controller::main(*args),
+        Command::Run(args) => crate::runtime::controller::main(*args),
         Command::Check { file, format, set } => check(&file, format, &set),
         Command::Schema => {
             print!("{}", crate::rules::json_schema());
@@ -166,7 +155,7 @@ pub fn main() -> ExitCode {
             paths,
             rules,
             verbose,
-        } => crate::scenario::main(&paths, &rules, verbose),
+        } => crate::offline::scenario::main(&paths, &rules, verbose),
     }
 }
 
@@ -284,24 +273,11 @@ fn load_with_resource(
     resource: &Path,
 ) -> Result<(Rules, Value), ExitCode> {
     let rules = load(rules, set)?;
-    let resource = read_object(resource).map_err(|e| {
+    let resource = crate::offline::read_object(resource).map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(2)
     })?;
     Ok((rules, resource))
-}
-
-/// Reads a YAML or JSON object from a file.
-pub fn read_object(path: &Path) -> Result<Value, String> {
-    let text = crate::rules::read_limited(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let v: Value = serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    if !v.is_object() {
-        return Err(format!(
-            "{}: expected a YAML mapping (one object)",
-            path.display()
-        ));
-    }
-    Ok(v)
 }
 
 fn render(resource: &Path, rules: &Path, set: &[(String, String)]) -> ExitCode {

@@ -1,0 +1,16 @@
+//! The Kubernetes runtime: everything that talks to the API server, the file system or the clock
+//! while the controller runs. It gathers observations from watch caches, calls the pure
+//! [`crate::engine`] and carries out its decisions.
+//!
+//! - [`controller`]: start-up of `lifecycle run` (settings, tracing, the tasks below);
+//! - [`k8s`]: watches, caches, the reconcile of one resource, leader election;
+//! - [`reload`]: live reload of the rules file and its templates;
+//! - [`audit`]: delivery of audit records to their sinks;
+//! - [`metrics`] and [`server`]: Prometheus metrics and the health/metrics HTTP endpoint.
+
+pub mod audit;
+pub mod controller;
+pub mod k8s;
+pub mod metrics;
+pub mod reload;
+pub mod server;
