@@ -20,22 +20,30 @@ pub fn format_secs(secs: f64) -> String {
     }
 }
 
-/// Formats a duration the way Go's `time.Duration.String()` does after rounding to whole
-/// seconds: `0s`, `45s`, `2m0s`, `1h0m0s`, `1h2m3s`. Negative durations get a leading `-`.
-pub fn go_duration(secs: f64) -> String {
-    if !secs.is_finite() {
-        return "0s".to_string();
+/// Seconds from `start` to `end` (both seconds since the epoch), never negative: an end before
+/// the start, as two machines' clocks can make it (a run's completion time written by another
+/// controller, an adopted run), is no time at all rather than negative time.
+pub fn elapsed_secs(start: f64, end: f64) -> f64 {
+    let secs = end - start;
+    if secs.is_finite() && secs > 0.0 {
+        secs
+    } else {
+        0.0
     }
-    let total = secs.round() as i64;
-    let sign = if total < 0 { "-" } else { "" };
-    let total = total.unsigned_abs();
+}
+
+/// Formats a duration the way Go's `time.Duration.String()` does after rounding to whole
+/// seconds: `0s`, `45s`, `2m0s`, `1h0m0s`, `1h2m3s`. A duration is never negative here: a
+/// negative (or non-finite) number of seconds is `0s`, see [`elapsed_secs`].
+pub fn go_duration(secs: f64) -> String {
+    let total = elapsed_secs(0.0, secs).round() as u64;
     let (h, m, s) = (total / 3600, (total / 60) % 60, total % 60);
     if h > 0 {
-        format!("{sign}{h}h{m}m{s}s")
+        format!("{h}h{m}m{s}s")
     } else if m > 0 {
-        format!("{sign}{m}m{s}s")
+        format!("{m}m{s}s")
     } else {
-        format!("{sign}{s}s")
+        format!("{s}s")
     }
 }
 
@@ -108,8 +116,18 @@ mod tests {
         assert_eq!(go_duration(119.6), "2m0s");
         assert_eq!(go_duration(3600.0), "1h0m0s");
         assert_eq!(go_duration(3723.0), "1h2m3s");
-        assert_eq!(go_duration(-5.0), "-5s");
         assert_eq!(go_duration(f64::NAN), "0s");
+        assert_eq!(go_duration(f64::INFINITY), "0s");
+    }
+
+    #[test]
+    fn durations_are_never_negative() {
+        assert_eq!(go_duration(-5.0), "0s");
+        assert_eq!(go_duration(-0.4), "0s");
+        assert_eq!(go_duration(-28_811_652.0), "0s");
+        assert_eq!(elapsed_secs(100.0, 160.5), 60.5);
+        assert_eq!(elapsed_secs(160.0, 100.0), 0.0);
+        assert_eq!(elapsed_secs(f64::NAN, 100.0), 0.0);
     }
 
     #[test]

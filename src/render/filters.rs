@@ -4,12 +4,13 @@
 //! |---|---|---|
 //! | `sha256(n)` | filter | first `n` lowercase hex characters of the SHA-256 of the text (all 64 without `n`) |
 //! | `label_value` | filter | a valid Kubernetes label value: other characters become `_`, cut to 63 bytes, non-alphanumerics trimmed from both ends |
-//! | `go_duration` | filter | seconds (or a duration text) as Go's `time.Duration` text after rounding to whole seconds |
+//! | `go_duration` | filter | seconds (or a duration text) as Go's `time.Duration` text after rounding to whole seconds; never negative (less than nothing is `0s`) |
 //! | `rfc3339` | filter | seconds since the epoch (or a timestamp text) as `YYYY-MM-DDTHH:MM:SSZ` |
 //! | `tojson` | filter | JSON text (valid YAML too); an undefined value is an error |
 //! | `index_of(x)` | filter | position of the first item equal to `x` in a list, `none` if absent |
 //! | `timestamp(t)` | function | an RFC 3339 text as seconds since the epoch; `none` for `none` |
 //! | `duration(d)` | function | a duration text (`5m`, `1h30m`) as seconds |
+//! | `elapsed(start, end)` | function | seconds from `start` to `end` (timestamp texts or seconds since the epoch); `0` when `end` is before `start` |
 //! | `condition(obj, type)` | function | the condition of that type in `obj.status.conditions`, or `none` |
 
 use minijinja::value::Value;
@@ -25,6 +26,7 @@ pub(super) fn register(env: &mut Environment<'static>) {
     env.add_filter("tojson", tojson);
     env.add_function("timestamp", timestamp);
     env.add_function("duration", duration);
+    env.add_function("elapsed", elapsed);
     env.add_function("condition", condition);
 }
 
@@ -83,6 +85,20 @@ fn go_duration(v: &Value) -> Result<String, Error> {
     Ok(crate::time::go_duration(secs_of(v, "go_duration")?))
 }
 
+/// A point in time as seconds since the epoch: an RFC 3339 text or a number of seconds.
+fn instant_of(v: &Value, what: &str) -> Result<f64, Error> {
+    if let Some(s) = v.as_str() {
+        return crate::time::parse_secs(s)
+            .ok_or_else(|| invalid(format!("{what}: `{s}` is not an RFC 3339 timestamp")));
+    }
+    f64::try_from(v.clone()).map_err(|_| {
+        invalid(format!(
+            "{what} expects a timestamp or seconds since the epoch, got {} `{v}`",
+            v.kind()
+        ))
+    })
+}
+
 fn rfc3339(v: &Value) -> Result<String, Error> {
     if let Some(s) = v.as_str() {
         let secs = crate::time::parse_secs(s)
@@ -135,6 +151,14 @@ fn timestamp(v: &Value) -> Result<Value, Error> {
 
 fn duration(v: &Value) -> Result<f64, Error> {
     secs_of(v, "duration")
+}
+
+/// Time between two instants, clamped at zero (see [`crate::time::elapsed_secs`]).
+fn elapsed(start: &Value, end: &Value) -> Result<f64, Error> {
+    Ok(crate::time::elapsed_secs(
+        instant_of(start, "elapsed (start)")?,
+        instant_of(end, "elapsed (end)")?,
+    ))
 }
 
 fn condition(obj: &Value, kind: &str) -> Result<Value, Error> {
@@ -211,6 +235,26 @@ mod tests {
             "1m0s"
         );
         assert_eq!(render("{{ duration('5m') }}"), "300.0");
+        assert_eq!(render("{{ -30 | go_duration }}"), "0s");
+        assert_eq!(
+            render("{{ elapsed('2026-01-01T00:00:00Z', '2026-01-01T00:01:30Z') }}"),
+            "90.0"
+        );
+        assert_eq!(
+            render("{{ elapsed('2026-01-01T00:00:00Z', '2026-01-01T00:01:30Z') | go_duration }}"),
+            "1m30s"
+        );
+        assert_eq!(
+            render("{{ elapsed(timestamp('2026-01-01T00:00:10Z'), 1767225600) }}"),
+            "0.0",
+            "an end before the start is no time, not negative time"
+        );
+        assert_eq!(
+            render("{{ elapsed('2026-11-30T12:00:00Z', '2026-01-01T00:00:00Z') | go_duration }}"),
+            "0s"
+        );
+        assert!(render("{{ elapsed(none, '2026-01-01T00:00:00Z') }}").contains("elapsed (start)"));
+        assert!(render("{{ elapsed('2026-01-01T00:00:00Z', 'later') }}").contains("`later`"));
         assert_eq!(render("{{ timestamp(none) is none }}"), "True");
         assert!(render("{{ timestamp('soon') }}").starts_with("ERR"));
     }

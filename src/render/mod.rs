@@ -28,6 +28,7 @@ pub const FUEL: u64 = 2_000_000;
 pub const FUNCTIONS: &[&str] = &[
     "timestamp",
     "duration",
+    "elapsed",
     "condition",
     "range",
     "dict",
