@@ -4,7 +4,7 @@
 //! 0 success, 1 the input is wrong (invalid rules, failing tests), 2 the input is unusable
 //! (a file that cannot be read, bad arguments).
 
-use crate::engine::{self, Effect, Observation};
+use crate::engine::Effect;
 use crate::offline::simulate;
 use crate::rules::{LoadError, Rules};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -280,56 +280,65 @@ fn load_with_resource(
     Ok((rules, resource))
 }
 
+/// Runs the resource, fresh from the API server, through the simulated world (the engine's one
+/// loop, as the controller would) until it settles; prints the execution object it created, or
+/// the transition and status the rules recorded instead.
 fn render(resource: &Path, rules: &Path, set: &[(String, String)]) -> ExitCode {
-    let (rules, resource) = match load_with_resource(rules, set, resource) {
+    let (rules, mut resource) = match load_with_resource(rules, set, resource) {
         Ok(x) => x,
         Err(c) => return c,
     };
     let now = crate::time::parse_secs("2026-01-01T00:00:00Z").unwrap_or_default();
-    let mut obs = Observation {
-        resource,
-        ..Observation::default()
-    };
     // a resource fresh from the API server: no status yet
-    if let Some(m) = obs.resource.as_object_mut() {
+    if let Some(m) = resource.as_object_mut() {
         m.remove("status");
     }
-    let d = engine::decide(&rules, &obs, now);
-    if let Some(e) = &d.error {
+    let mut world = simulate::World::new(&rules, resource, now);
+    let settled = world.reconcile();
+    let created = world.effects.iter().find_map(|(_, e)| match e {
+        Effect::CreateExecution { object } => Some(object),
+        _ => None,
+    });
+    if let Some(object) = created {
+        print!("{}", serde_yaml::to_string(object).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = settled {
         eprintln!("error: {e}");
         return ExitCode::from(1);
     }
-    for e in &d.effects {
-        if let Effect::CreateExecution { object } = e {
-            print!("{}", serde_yaml::to_string(object).unwrap_or_default());
-            return ExitCode::SUCCESS;
-        }
+    if let Some(e) = world.decisions.iter().find_map(|(_, d)| d.error.as_ref()) {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
     }
     // no object: the rules recorded an outcome instead (e.g. a validation failure)
-    obs.resource = apply_patch(&obs.resource, d.status_patch());
-    let status = obs.resource.get("status").cloned().unwrap_or(Value::Null);
+    let transition = world
+        .decisions
+        .iter()
+        .rev()
+        .find_map(|(_, d)| d.transition.as_deref());
+    let phase = world
+        .decisions
+        .last()
+        .map_or(rules.phases[rules.initial].name.as_str(), |(_, d)| {
+            d.phase.as_str()
+        });
+    let status = world
+        .resource
+        .as_ref()
+        .and_then(|r| r.get("status"))
+        .cloned()
+        .unwrap_or(Value::Null);
     println!(
-        "# no {} would be created: transition `{}` to phase {}",
+        "# no {} would be created: transition `{}` to phase {phase}",
         rules.execution.kind,
-        d.transition.as_deref().unwrap_or("none"),
-        d.phase
+        transition.unwrap_or("none"),
     );
     print!(
         "{}",
         serde_yaml::to_string(&json!({"status": status})).unwrap_or_default()
     );
     ExitCode::from(1)
-}
-
-fn apply_patch(resource: &Value, patch: Option<&Value>) -> Value {
-    let mut r = resource.clone();
-    if let (Some(p), Some(m)) = (patch, r.as_object_mut()) {
-        let status = m
-            .entry("status")
-            .or_insert(Value::Object(Default::default()));
-        engine::status::apply_merge_patch(status, p);
-    }
-    r
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -6,15 +6,24 @@
 //! transitions (and the one-time cooldown release), never from re-runs: once a transition's
 //! status is written, the same observation no longer takes it.
 //!
+//! [`decide`] makes one decision (in named steps, `decide.rs`, over the evaluation scope of
+//! `scope.rs`, with the effect builders of `effects.rs`); [`drive::drive`] is the one loop every
+//! world runs it in: observe, decide, carry out, until nothing is left to do.
+//!
 //! The engine knows nothing about any particular resource kind: every name, message and field
 //! comes from the rules. It never touches the network, the clock, the environment or files.
 
 mod decide;
+pub mod drive;
+mod effects;
+mod scope;
 #[cfg(test)]
 mod security_tests;
 pub mod status;
 
-pub use decide::{ERROR_CONDITION, decide, execution_key, related_requests, render_tree};
+pub use decide::{ERROR_CONDITION, decide, execution_key};
+pub use effects::render_tree;
+pub use scope::related_requests;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -164,11 +173,42 @@ pub enum Effect {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[error("{category}: {message}")]
 pub struct DecideError {
-    /// Stable category: `TemplateError`, `ExecutionObjectInvalid`, `UnknownPhase`,
-    /// `UnhandledError`.
-    pub category: &'static str,
+    /// What kind of failure.
+    pub category: Category,
     /// What went wrong, naming the rule.
     pub message: String,
+}
+
+/// The kind of a [`DecideError`]; its name is the condition reason, Event reason and metric
+/// label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Category {
+    /// A template or expression failed to render or evaluate (or a value it made is unusable).
+    TemplateError,
+    /// The execution object's identity or rendered object breaks the rules' contract.
+    ExecutionObjectInvalid,
+    /// The resource's phase is not one the rules define.
+    UnknownPhase,
+    /// An action failed and no transition of the phase handles it.
+    UnhandledError,
+}
+
+impl Category {
+    /// The stable name, for metric labels, condition and Event reasons.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::TemplateError => "TemplateError",
+            Category::ExecutionObjectInvalid => "ExecutionObjectInvalid",
+            Category::UnknownPhase => "UnknownPhase",
+            Category::UnhandledError => "UnhandledError",
+        }
+    }
+}
+
+impl std::fmt::Display for Category {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Everything the shell must do for one resource now.

@@ -183,6 +183,44 @@ pub fn deep_merge(base: &mut Value, over: Value) {
     }
 }
 
+/// Sets a top-level field of a status.
+pub(super) fn set_field(status: &mut Value, field: &str, v: Value) {
+    if let Value::Object(m) = status {
+        m.insert(field.to_string(), v);
+    }
+}
+
+/// The status's list of conditions under `field`, made an (empty) list if it is anything else.
+pub(super) fn conditions_mut<'v>(status: &'v mut Value, field: &str) -> &'v mut Vec<Value> {
+    if !status.is_object() {
+        *status = Value::Object(Map::new());
+    }
+    let Value::Object(m) = status else {
+        unreachable!("made an object above")
+    };
+    let entry = m
+        .entry(field.to_string())
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if !entry.is_array() {
+        *entry = Value::Array(Vec::new());
+    }
+    match entry {
+        Value::Array(a) => a,
+        _ => unreachable!("made an array above"),
+    }
+}
+
+/// The `status` of the condition of type `kind`, if there is one.
+pub(super) fn condition_status<'v>(status: &'v Value, field: &str, kind: &str) -> Option<&'v str> {
+    status
+        .get(field)?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))?
+        .get("status")?
+        .as_str()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -464,7 +464,7 @@ fn run_step(rules: &Rules, world: &mut World<'_>, step: &Step) -> Result<(), Str
     }
     let errors: Vec<&str> = world.decisions[decisions_before..]
         .iter()
-        .filter_map(|(_, d)| d.error.as_ref().map(|e| e.category))
+        .filter_map(|(_, d)| d.error.as_ref().map(|e| e.category.as_str()))
         .collect();
     match (&expect.error, errors.first()) {
         (Some(want), Some(got)) if want == got => {}

@@ -6,6 +6,7 @@
 //! How the execution object progresses on its own (starting, finishing) comes from the rules'
 //! `simulation` block, so the world knows nothing about any particular kind.
 
+use crate::engine::drive::{self, DriveError, Outcome};
 use crate::engine::{
     self, ActionError, Decision, Effect, ObjectKey, Observation, status::apply_merge_patch,
 };
@@ -14,9 +15,7 @@ use minijinja::{Value as JValue, context};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
-
-/// Most decisions one reconcile may take before the world declares the rules unsettled.
-pub const MAX_DECISIONS: usize = 32;
+use std::convert::Infallible;
 
 /// One line of a timeline.
 #[derive(Debug, Clone, Serialize)]
@@ -227,86 +226,38 @@ impl<'r> World<'r> {
         }
     }
 
-    /// Reconciles until nothing is left to do; returns when to look again (seconds).
+    /// Reconciles until nothing is left to do, with the engine's one loop (the controller's
+    /// too); returns when to look again (seconds). A transient failure is noted and retried
+    /// after [`BACKOFF_SECS`], as the controller's first backoff step; rules that do not
+    /// settle are an error.
     pub fn reconcile(&mut self) -> Result<Option<f64>, String> {
-        let mut pending_error: Option<ActionError> = None;
-        for _ in 0..MAX_DECISIONS {
-            let Some(resource) = self.resource.clone() else {
-                return Ok(None);
-            };
-            let execution = engine::execution_key(self.rules, &resource, self.now)
-                .ok()
-                .and_then(|k| self.objects.get(&k).cloned());
-            let mut obs = Observation {
-                resource,
-                execution,
-                related: Map::new(),
-                error: pending_error.take(),
-            };
-            let mut d = engine::decide(self.rules, &obs, self.now);
-            for _ in 0..4 {
-                if d.needs.is_empty() {
-                    break;
-                }
-                for req in &d.needs {
-                    let list = req
-                        .entries
-                        .iter()
-                        .map(|(r, k)| json!({"ref": r, "object": k.as_ref().and_then(|k| self.objects.get(k)).cloned()}))
-                        .collect();
-                    obs.related.insert(req.name.clone(), Value::Array(list));
-                }
-                d = engine::decide(self.rules, &obs, self.now);
+        let rules = self.rules;
+        let result = drive::run_ready(drive::drive(rules, self))
+            .ok_or("the simulated world waited, which it never does")?;
+        match result {
+            Ok(requeue) => Ok(requeue),
+            Err(DriveError::Backoff(never)) => match never {},
+            Err(e @ DriveError::Refused { .. }) => {
+                self.note("retry", format!("{e}: retried later"), Value::Null);
+                Ok(Some(BACKOFF_SECS))
             }
-            if !d.needs.is_empty() {
-                return Err("the rules keep asking for related objects".into());
-            }
-            self.decisions.push((self.now, d.clone()));
-            if let Some(e) = &d.error {
-                self.note("error", e.to_string(), Value::Null);
-            }
-            if let Some(t) = &d.transition {
-                let from = obs
-                    .resource
-                    .pointer(&format!("/status/{}", self.rules.resource.status.phase))
-                    .and_then(Value::as_str)
-                    .unwrap_or(&self.rules.phases[self.rules.initial].name)
-                    .to_string();
-                self.note(
-                    "transition",
-                    format!("{t}: {from} → {}", d.phase),
-                    Value::Null,
-                );
-            }
-            if d.effects.is_empty() {
-                return Ok(d.requeue_after);
-            }
-            let errored = d.error.is_some();
-            for effect in &d.effects {
-                match self.carry_out(effect) {
-                    Outcome::Done => {}
-                    Outcome::Retry(err) => {
-                        pending_error = Some(err);
-                        break;
-                    }
-                    Outcome::Backoff(why) => {
-                        // as the controller does: give up this reconcile, retry later
-                        self.note("retry", why, Value::Null);
-                        return Ok(Some(BACKOFF_SECS));
-                    }
-                }
-            }
-            if errored {
-                return Ok(d.requeue_after);
+            Err(DriveError::Unsettled(u)) => {
+                self.note("error", u.message.clone(), Value::Null);
+                Err(u.message)
             }
         }
-        Err(format!(
-            "the rules did not settle after {MAX_DECISIONS} decisions (a transition or status write repeats)"
-        ))
+    }
+
+    fn phase_of(&self, resource: &Value) -> String {
+        resource
+            .pointer(&format!("/status/{}", self.rules.resource.status.phase))
+            .and_then(Value::as_str)
+            .unwrap_or(&self.rules.phases[self.rules.initial].name)
+            .to_string()
     }
 
     /// Carries out one effect the way the controller does.
-    fn carry_out(&mut self, effect: &Effect) -> Outcome {
+    fn apply(&mut self, effect: &Effect) -> Outcome<Infallible> {
         self.effects.push((self.now, effect.clone()));
         let data = serde_json::to_value(effect).unwrap_or(Value::Null);
         match effect {
@@ -339,11 +290,12 @@ impl<'r> World<'r> {
                 if gone {
                     self.resource = None;
                     self.note("gone", "resource removed".into(), Value::Null);
+                    return Outcome::Gone;
                 }
             }
             Effect::CreateExecution { object } => {
                 let Some(key) = ObjectKey::of(object) else {
-                    return Outcome::Retry(ActionError {
+                    return Outcome::Refused(ActionError {
                         action: "create".into(),
                         code: 422,
                         reason: "Invalid".into(),
@@ -356,21 +308,7 @@ impl<'r> World<'r> {
                         format!("failed: {} {} {}", err.code, err.reason, err.message),
                         data,
                     );
-                    if err.code == 409 {
-                        // AlreadyExists: the controller reads the object; gone again → the rules decide
-                        return if self.objects.contains_key(&key) {
-                            Outcome::Done
-                        } else {
-                            Outcome::Retry(err)
-                        };
-                    }
-                    if engine::is_transient(err.code) {
-                        return Outcome::Backoff(format!(
-                            "create failed with {}: retried later",
-                            err.code
-                        ));
-                    }
-                    return Outcome::Retry(err);
+                    return Outcome::Refused(err);
                 }
                 if self.objects.contains_key(&key) {
                     self.note(
@@ -378,7 +316,12 @@ impl<'r> World<'r> {
                         format!("{} {}/{} already exists", key.kind, key.namespace, key.name),
                         data,
                     );
-                    return Outcome::Done;
+                    return Outcome::Refused(ActionError {
+                        action: "create".into(),
+                        code: 409,
+                        reason: "AlreadyExists".into(),
+                        message: format!("{} \"{}\" already exists", key.kind, key.name),
+                    });
                 }
                 self.note(
                     "create",
@@ -393,14 +336,9 @@ impl<'r> World<'r> {
                     self.note(
                         "delete",
                         format!("failed: {} {}", err.code, err.message),
-                        data.clone(),
+                        data,
                     );
-                    if err.code != 404 && err.code != 409 {
-                        return Outcome::Backoff(format!(
-                            "delete failed with {}: retried later",
-                            err.code
-                        ));
-                    }
+                    return Outcome::Refused(err);
                 }
                 let matches = self.objects.get(key).is_some_and(|o| {
                     uid.is_none()
@@ -480,18 +418,48 @@ impl<'r> World<'r> {
     }
 }
 
+/// The simulated cluster as the engine's world: reads never fail and nothing waits.
+impl engine::drive::World for World<'_> {
+    type Error = Infallible;
+
+    fn now(&self) -> f64 {
+        self.now
+    }
+
+    fn resource(&self) -> Option<&Value> {
+        self.resource.as_ref()
+    }
+
+    async fn execution(&mut self, key: &ObjectKey) -> Result<Option<Value>, Infallible> {
+        Ok(self.objects.get(key).cloned())
+    }
+
+    async fn related(&mut self, key: &ObjectKey) -> Result<Option<Value>, Infallible> {
+        Ok(self.objects.get(key).cloned())
+    }
+
+    async fn carry_out(&mut self, effect: &Effect) -> Outcome<Infallible> {
+        self.apply(effect)
+    }
+
+    fn decided(&mut self, observation: &Observation, d: &Decision) {
+        self.decisions.push((self.now, d.clone()));
+        if let Some(e) = &d.error {
+            self.note("error", e.to_string(), Value::Null);
+        }
+        if let Some(t) = &d.transition {
+            let from = self.phase_of(&observation.resource);
+            self.note(
+                "transition",
+                format!("{t}: {from} → {}", d.phase),
+                Value::Null,
+            );
+        }
+    }
+}
+
 /// Wait before retrying after a transient failure, as the controller's first backoff step.
 pub const BACKOFF_SECS: f64 = 1.0;
-
-/// What carrying out one effect led to.
-enum Outcome {
-    /// Done; go on.
-    Done,
-    /// A permanent failure the rules must see: decide again with it.
-    Retry(ActionError),
-    /// A transient failure: stop, retry the reconcile later.
-    Backoff(String),
-}
 
 /// Dotted names of the fields a merge patch sets or removes, for readable timelines.
 fn changed_fields(patch: &Value, prefix: &str) -> Vec<String> {

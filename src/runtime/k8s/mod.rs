@@ -44,6 +44,9 @@ pub enum Error {
     /// Connecting to the cluster failed.
     #[error("cannot connect to the cluster: {0}")]
     Connect(String),
+    /// The rules did not settle for a resource (an effect kept repeating).
+    #[error("{0}")]
+    Unsettled(String),
 }
 
 impl Error {
@@ -54,6 +57,7 @@ impl Error {
             Error::Transient(_) => "Transient",
             Error::Api(_) => "ApiError",
             Error::Connect(_) => "Connect",
+            Error::Unsettled(_) => crate::engine::drive::Unsettled::CATEGORY,
         }
     }
 }

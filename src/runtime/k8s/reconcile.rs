@@ -1,6 +1,9 @@
-//! One reconcile: observe, decide, carry out; again until nothing is left to do.
+//! One reconcile: the cluster as the engine's world. The loop itself (observe, decide, carry
+//! out, again until nothing is left to do) is the engine's [`drive`]; this file reads objects
+//! (the watch cache first) and carries out one effect at a time against the API server.
 
 use super::{Ctx, Error, backoff, shard_of};
+use crate::engine::drive::{DriveError, Outcome, World, drive};
 use crate::engine::{self, ActionError, Decision, Effect, ObjectKey, Observation};
 use crate::rules::Rules;
 use kube::api::{
@@ -12,9 +15,6 @@ use kube::runtime::reflector::ObjectRef;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Most decide-and-carry-out rounds in one reconcile.
-const MAX_ROUNDS: usize = 16;
 
 fn now_secs() -> f64 {
     std::time::SystemTime::now()
@@ -104,11 +104,7 @@ pub fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Ctx>) -> Acti
 async fn reconcile_with(obj: &DynamicObject, ctx: &Ctx, rules: &Rules) -> Result<Action, Error> {
     let name = obj.metadata.name.clone().unwrap_or_default();
     let namespace = obj.metadata.namespace.clone().unwrap_or_default();
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), &namespace, &ctx.resource_ar);
-    let mut resource = to_value(obj);
-    let mut error: Option<ActionError> = None;
-    let mut last: Option<Decision> = None;
+    let resource = to_value(obj);
 
     if let Some((index, count)) = ctx.shard {
         match engine::execution_key(rules, &resource, now_secs()) {
@@ -117,76 +113,34 @@ async fn reconcile_with(obj: &DynamicObject, ctx: &Ctx, rules: &Rules) -> Result
         }
     }
 
-    for _ in 0..MAX_ROUNDS {
-        let now = now_secs();
-        let key = engine::execution_key(rules, &resource, now).ok();
-        let execution = match &key {
-            Some(k) => observe_execution(ctx, k).await?,
-            None => None,
-        };
-        let mut obs = Observation {
-            resource: resource.clone(),
-            execution,
-            related: serde_json::Map::new(),
-            error: error.take(),
-        };
-        let t0 = Instant::now();
-        let mut d = engine::decide(rules, &obs, now);
-        ctx.metrics
-            .decision_seconds
-            .observe(t0.elapsed().as_secs_f64());
-        for _ in 0..4 {
-            if d.needs.is_empty() {
-                break;
-            }
-            for req in &d.needs {
-                let mut list = Vec::new();
-                for (reference, k) in &req.entries {
-                    let object = match k {
-                        Some(k) => get_object(ctx, k).await?,
-                        None => None,
-                    };
-                    list.push(json!({"ref": reference, "object": object}));
-                }
-                obs.related.insert(req.name.clone(), Value::Array(list));
-            }
-            let t0 = Instant::now();
-            d = engine::decide(rules, &obs, now);
-            ctx.metrics
-                .decision_seconds
-                .observe(t0.elapsed().as_secs_f64());
+    let mut world = Cluster {
+        ctx,
+        rules,
+        api: Api::namespaced_with(ctx.client.clone(), &namespace, &ctx.resource_ar),
+        label: format!("{namespace}/{name}"),
+        name,
+        resource: Some(resource),
+    };
+    match drive(rules, &mut world).await {
+        Ok(requeue_after) => Ok(requeue(requeue_after)),
+        Err(DriveError::Backoff(e)) => Err(e),
+        Err(DriveError::Refused { effect, error }) => {
+            let message = format!(
+                "{effect}: {} {}: {}",
+                error.code, error.reason, error.message
+            );
+            Err(if engine::is_transient(error.code) {
+                Error::Transient(message)
+            } else {
+                Error::Api(message)
+            })
         }
-        let span_phase = d.phase.clone();
-        if let Some(e) = &d.error {
-            ctx.metrics.error(e.category);
-            tracing::warn!(resource = %format!("{namespace}/{name}"), phase = %span_phase, revision = %rules.revision, category = e.category, error = %e.message, "the rules failed for this resource");
-        }
-        if let Some(t) = &d.transition {
-            tracing::info!(resource = %format!("{namespace}/{name}"), phase = %span_phase, revision = %rules.revision, transition = %t, "transition");
-        }
-        if d.effects.is_empty() {
-            return Ok(requeue(&d));
-        }
-        let outcome = carry_out(ctx, rules, &api, &name, &mut resource, &d).await?;
-        match outcome {
-            Step::Continue => {}
-            Step::Retry(e) => error = Some(e),
-            Step::Gone => return Ok(Action::await_change()),
-        }
-        let stop = d.error.is_some();
-        last = Some(d);
-        if stop {
-            break;
-        }
+        Err(DriveError::Unsettled(u)) => Err(Error::Unsettled(u.message)),
     }
-    Ok(last
-        .as_ref()
-        .map(requeue)
-        .unwrap_or_else(Action::await_change))
 }
 
-fn requeue(d: &Decision) -> Action {
-    match d.requeue_after {
+fn requeue(after: Option<f64>) -> Action {
+    match after {
         Some(s) if s > 0.0 => {
             Action::requeue(Duration::from_secs_f64(s.min(86_400.0)) + Duration::from_millis(50))
         }
@@ -195,12 +149,65 @@ fn requeue(d: &Decision) -> Action {
     }
 }
 
-enum Step {
-    Continue,
-    /// Decide again with this error observed.
-    Retry(ActionError),
-    /// The resource is gone.
-    Gone,
+/// The cluster as the engine's world, for one reconcile of one resource.
+struct Cluster<'a> {
+    ctx: &'a Ctx,
+    rules: &'a Rules,
+    /// The governed resource's API.
+    api: Api<DynamicObject>,
+    name: String,
+    /// `namespace/name`, for logs.
+    label: String,
+    /// The resource as last read or written (none once gone).
+    resource: Option<Value>,
+}
+
+impl World for Cluster<'_> {
+    type Error = Error;
+
+    fn now(&self) -> f64 {
+        now_secs()
+    }
+
+    fn resource(&self) -> Option<&Value> {
+        self.resource.as_ref()
+    }
+
+    async fn execution(&mut self, key: &ObjectKey) -> Result<Option<Value>, Error> {
+        observe_execution(self.ctx, key).await
+    }
+
+    async fn related(&mut self, key: &ObjectKey) -> Result<Option<Value>, Error> {
+        get_object(self.ctx, key).await
+    }
+
+    async fn carry_out(&mut self, effect: &Effect) -> Outcome<Error> {
+        match carry_out(self, effect).await {
+            Ok(outcome) => outcome,
+            Err(e) => Outcome::Backoff(e),
+        }
+    }
+
+    fn decided(&mut self, _: &Observation, d: &Decision) {
+        let rules = self.rules;
+        if let Some(e) = &d.error {
+            self.ctx.metrics.error(e.category.as_str());
+            tracing::warn!(resource = %self.label, phase = %d.phase, revision = %rules.revision, category = e.category.as_str(), error = %e.message, "the rules failed for this resource");
+        }
+        if let Some(t) = &d.transition {
+            tracing::info!(resource = %self.label, phase = %d.phase, revision = %rules.revision, transition = %t, "transition");
+        }
+    }
+
+    fn timed(&mut self, decide: impl FnOnce() -> Decision) -> Decision {
+        let t0 = Instant::now();
+        let d = decide();
+        self.ctx
+            .metrics
+            .decision_seconds
+            .observe(t0.elapsed().as_secs_f64());
+        d
+    }
 }
 
 fn to_value(obj: &DynamicObject) -> Value {
@@ -264,160 +271,138 @@ async fn get_object(ctx: &Ctx, k: &ObjectKey) -> Result<Option<Value>, Error> {
     }
 }
 
-async fn carry_out(
-    ctx: &Ctx,
-    rules: &Rules,
-    api: &Api<DynamicObject>,
-    name: &str,
-    resource: &mut Value,
-    d: &Decision,
-) -> Result<Step, Error> {
+/// Carries out one effect; an error gives up this reconcile.
+async fn carry_out(w: &mut Cluster<'_>, effect: &Effect) -> Result<Outcome<Error>, Error> {
+    let ctx = w.ctx;
+    let rules = w.rules;
     let kind = rules.resource.kind.clone();
     let pp = PatchParams {
         field_manager: Some(rules.resource.field_manager.clone()),
         ..PatchParams::default()
     };
-    for effect in &d.effects {
-        match effect {
-            Effect::AddFinalizer { finalizer } | Effect::RemoveFinalizer { finalizer } => {
-                let adding = matches!(effect, Effect::AddFinalizer { .. });
-                let mut list: Vec<Value> = resource
-                    .pointer("/metadata/finalizers")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                list.retain(|f| f.as_str() != Some(finalizer.as_str()));
-                if adding {
-                    list.push(Value::String(finalizer.clone()));
-                }
-                let rv = resource
-                    .pointer("/metadata/resourceVersion")
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                let patch = json!({"metadata": {"finalizers": list, "resourceVersion": rv}});
-                ctx.metrics.api("patch", &kind);
-                match api.patch(name, &pp, &Patch::Merge(&patch)).await {
-                    Ok(o) => *resource = to_value(&o),
-                    Err(e) if code(&e) == 404 => return Ok(Step::Gone),
-                    Err(e) if code(&e) == 409 => {
-                        return refresh(ctx, api, name, resource, &kind).await;
-                    }
-                    Err(e) => return Err(classify(&e, "patch finalizers")),
-                }
-                if !adding && resource.pointer("/metadata/deletionTimestamp").is_some() {
-                    // the API server removes the object once the last finalizer is gone
-                    return Ok(Step::Gone);
-                }
+    let Some(resource) = w.resource.as_mut() else {
+        return Ok(Outcome::Gone);
+    };
+    match effect {
+        Effect::AddFinalizer { finalizer } | Effect::RemoveFinalizer { finalizer } => {
+            let adding = matches!(effect, Effect::AddFinalizer { .. });
+            let mut list: Vec<Value> = resource
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            list.retain(|f| f.as_str() != Some(finalizer.as_str()));
+            if adding {
+                list.push(Value::String(finalizer.clone()));
             }
-            Effect::PatchStatus { patch } => {
-                let rv = resource
-                    .pointer("/metadata/resourceVersion")
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                let body = json!({"metadata": {"resourceVersion": rv}, "status": patch});
-                ctx.metrics.api("patch-status", &kind);
-                match api.patch_status(name, &pp, &Patch::Merge(&body)).await {
-                    Ok(o) => *resource = to_value(&o),
-                    Err(e) if code(&e) == 404 => return Ok(Step::Gone),
-                    Err(e) if code(&e) == 409 => {
-                        return refresh(ctx, api, name, resource, &kind).await;
-                    }
-                    Err(e) => return Err(classify(&e, "patch status")),
-                }
+            let rv = resource
+                .pointer("/metadata/resourceVersion")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let patch = json!({"metadata": {"finalizers": list, "resourceVersion": rv}});
+            ctx.metrics.api("patch", &kind);
+            match w.api.patch(&w.name, &pp, &Patch::Merge(&patch)).await {
+                Ok(o) => *resource = to_value(&o),
+                Err(e) if code(&e) == 404 => return Ok(Outcome::Gone),
+                Err(e) if code(&e) == 409 => return refresh(w, &kind).await,
+                Err(e) => return Err(classify(&e, "patch finalizers")),
             }
-            Effect::CreateExecution { object } => {
-                let Some(key) = ObjectKey::of(object) else {
-                    return Err(Error::Api(
-                        "the rendered execution object has no identity".into(),
-                    ));
-                };
-                let exec_api = api_for(ctx, &key).await?;
-                let obj: DynamicObject = serde_json::from_value(object.clone())
-                    .map_err(|e| Error::Api(format!("rendered execution object: {e}")))?;
-                ctx.metrics.api("create", &key.kind);
-                let post = PostParams {
-                    field_manager: Some(rules.resource.field_manager.clone()),
-                    ..PostParams::default()
-                };
-                match exec_api.create(&post, &obj).await {
-                    Ok(_) => {
-                        tracing::info!(execution = %format!("{}/{}", key.namespace, key.name), "created {}", key.kind);
-                        return Ok(Step::Continue);
-                    }
-                    Err(e) if code(&e) == 409 => {
-                        // AlreadyExists: ours (adopt), another's (race), or gone again
-                        ctx.metrics.api("get", &key.kind);
-                        return match exec_api.get_opt(&key.name).await {
-                            Ok(Some(_)) => Ok(Step::Continue),
-                            Ok(None) => Ok(Step::Retry(api_error("create", &e))),
-                            Err(e2) => Err(classify(&e2, "get after AlreadyExists")),
-                        };
-                    }
-                    Err(e) if transient(&e) => return Err(classify(&e, "create")),
-                    Err(e) => return Ok(Step::Retry(api_error("create", &e))),
-                }
+            if !adding && resource.pointer("/metadata/deletionTimestamp").is_some() {
+                // the API server removes the object once the last finalizer is gone
+                return Ok(Outcome::Gone);
             }
-            Effect::DeleteExecution { key, uid } => {
-                let exec_api = api_for(ctx, key).await?;
-                let dp = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid: uid.clone(),
-                        resource_version: None,
-                    }),
-                    propagation_policy: Some(kube::api::PropagationPolicy::Background),
-                    ..DeleteParams::default()
-                };
-                ctx.metrics.api("delete", &key.kind);
-                match exec_api.delete(&key.name, &dp).await {
-                    Ok(_) => {
-                        tracing::info!(execution = %format!("{}/{}", key.namespace, key.name), "deleted {}", key.kind)
-                    }
-                    // gone already, or replaced by another object of the same name: not ours
-                    Err(e) if code(&e) == 404 || code(&e) == 409 => {}
-                    Err(e) => return Err(classify(&e, "delete")),
-                }
-            }
-            Effect::Event(ev) => {
-                let reference = object_reference(resource, &ctx.resource_ar);
-                let event = Event {
-                    type_: if ev.kind == "Warning" {
-                        EventType::Warning
-                    } else {
-                        EventType::Normal
-                    },
-                    reason: ev.reason.clone(),
-                    note: Some(ev.message.clone()),
-                    action: ev.action.clone(),
-                    secondary: None,
-                };
-                ctx.metrics.api("create", "Event");
-                if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-                    // Events are best effort: a failure never holds the lifecycle back
-                    tracing::warn!(error = %e, reason = %ev.reason, "cannot record an Event");
-                    ctx.metrics.error("EventFailed");
-                }
-            }
-            Effect::Audit { record } => ctx.audit.send(record.clone()),
-            Effect::Metric(m) => ctx.metrics.record(m),
         }
+        Effect::PatchStatus { patch } => {
+            let rv = resource
+                .pointer("/metadata/resourceVersion")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let body = json!({"metadata": {"resourceVersion": rv}, "status": patch});
+            ctx.metrics.api("patch-status", &kind);
+            match w.api.patch_status(&w.name, &pp, &Patch::Merge(&body)).await {
+                Ok(o) => *resource = to_value(&o),
+                Err(e) if code(&e) == 404 => return Ok(Outcome::Gone),
+                Err(e) if code(&e) == 409 => return refresh(w, &kind).await,
+                Err(e) => return Err(classify(&e, "patch status")),
+            }
+        }
+        Effect::CreateExecution { object } => {
+            let Some(key) = ObjectKey::of(object) else {
+                return Err(Error::Api(
+                    "the rendered execution object has no identity".into(),
+                ));
+            };
+            let exec_api = api_for(ctx, &key).await?;
+            let obj: DynamicObject = serde_json::from_value(object.clone())
+                .map_err(|e| Error::Api(format!("rendered execution object: {e}")))?;
+            ctx.metrics.api("create", &key.kind);
+            let post = PostParams {
+                field_manager: Some(rules.resource.field_manager.clone()),
+                ..PostParams::default()
+            };
+            match exec_api.create(&post, &obj).await {
+                Ok(_) => {
+                    tracing::info!(execution = %format!("{}/{}", key.namespace, key.name), "created {}", key.kind);
+                }
+                Err(e) => return Ok(Outcome::Refused(api_error("create", &e))),
+            }
+        }
+        Effect::DeleteExecution { key, uid } => {
+            let exec_api = api_for(ctx, key).await?;
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: uid.clone(),
+                    resource_version: None,
+                }),
+                propagation_policy: Some(kube::api::PropagationPolicy::Background),
+                ..DeleteParams::default()
+            };
+            ctx.metrics.api("delete", &key.kind);
+            match exec_api.delete(&key.name, &dp).await {
+                Ok(_) => {
+                    tracing::info!(execution = %format!("{}/{}", key.namespace, key.name), "deleted {}", key.kind)
+                }
+                Err(e) => return Ok(Outcome::Refused(api_error("delete", &e))),
+            }
+        }
+        Effect::Event(ev) => {
+            let reference = object_reference(resource, &ctx.resource_ar);
+            let event = Event {
+                type_: if ev.kind == "Warning" {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: ev.reason.clone(),
+                note: Some(ev.message.clone()),
+                action: ev.action.clone(),
+                secondary: None,
+            };
+            ctx.metrics.api("create", "Event");
+            if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+                // Events are best effort: a failure never holds the lifecycle back
+                tracing::warn!(error = %e, reason = %ev.reason, "cannot record an Event");
+                ctx.metrics.error("EventFailed");
+            }
+        }
+        Effect::Audit { record } => ctx.audit.send(record.clone()),
+        Effect::Metric(m) => ctx.metrics.record(m),
     }
-    Ok(Step::Continue)
+    Ok(Outcome::Done)
 }
 
-async fn refresh(
-    ctx: &Ctx,
-    api: &Api<DynamicObject>,
-    name: &str,
-    resource: &mut Value,
-    kind: &str,
-) -> Result<Step, Error> {
-    ctx.metrics.api("get", kind);
-    match api.get_opt(name).await {
+/// Re-reads the resource after a write lost a conflict.
+async fn refresh(w: &mut Cluster<'_>, kind: &str) -> Result<Outcome<Error>, Error> {
+    w.ctx.metrics.api("get", kind);
+    match w.api.get_opt(&w.name).await {
         Ok(Some(o)) => {
-            *resource = to_value(&o);
-            Ok(Step::Continue)
+            w.resource = Some(to_value(&o));
+            Ok(Outcome::Stale)
         }
-        Ok(None) => Ok(Step::Gone),
+        Ok(None) => {
+            w.resource = None;
+            Ok(Outcome::Gone)
+        }
         Err(e) => Err(classify(&e, "re-read after a conflict")),
     }
 }

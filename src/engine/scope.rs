@@ -1,0 +1,500 @@
+//! The evaluation scope of one decision: everything the rules can read (`resource`, `execution`,
+//! `owned`, `error`, `related`, `values`, `validation`, `object`, `settings`, `phase`, `now`),
+//! computed lazily where it costs (values, related lists), and the evaluation of paths,
+//! predicates, templates and durations over it.
+//!
+//! Predicates and paths read JSON, templates read minijinja values. Each datum the decision adds
+//! while it runs is held once as a [`Bound`] (its JSON and its template value, set together), so
+//! the two forms can never disagree; the observation's own data is converted once, up front.
+//! It must not decide anything: the steps of a decision live in `decide.rs`.
+
+use super::{ActionError, Category, DecideError, ObjectKey, Observation, RelatedRequest};
+use crate::expr::{Env, Pred, PredError, Root};
+use crate::render::{RenderError, Tmpl};
+use crate::rules::{ActionRules, Deps, Rules, ValueKind};
+use minijinja::{Value as JValue, context};
+use serde_json::{Map, Value, json};
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Why evaluation stopped early.
+pub(super) enum Stop {
+    /// Related objects must be read first.
+    Needs(usize),
+    /// The rules failed.
+    Fail(DecideError),
+}
+
+impl From<DecideError> for Stop {
+    fn from(e: DecideError) -> Self {
+        Stop::Fail(e)
+    }
+}
+
+/// A template failed to render.
+pub(super) fn template_error(e: RenderError) -> DecideError {
+    DecideError {
+        category: Category::TemplateError,
+        message: e.message,
+    }
+}
+
+/// A predicate failed to evaluate.
+pub(super) fn pred_error(e: PredError) -> DecideError {
+    DecideError {
+        category: Category::TemplateError,
+        message: e.0,
+    }
+}
+
+/// One datum in both forms the rules read it in.
+pub(super) struct Bound {
+    /// For paths and predicates.
+    pub json: Value,
+    /// For templates.
+    pub tmpl: JValue,
+}
+
+impl Bound {
+    fn null() -> Bound {
+        Bound {
+            json: Value::Null,
+            tmpl: JValue::from(()),
+        }
+    }
+
+    /// Sets both forms from `json`.
+    pub fn set(&mut self, json: Value) {
+        self.tmpl = JValue::from_serialize(&json);
+        self.json = json;
+    }
+}
+
+/// The values computed so far, in both forms; a new value converts only itself.
+struct Values {
+    json: Value,
+    tmpl: BTreeMap<String, JValue>,
+    /// The template form of the whole map (shares the entries).
+    all: JValue,
+}
+
+/// What the rules can read in one decision.
+pub(super) struct Scope<'a> {
+    pub rules: &'a Rules,
+    pub obs: &'a Observation,
+    pub now: f64,
+    pub now_text: String,
+    /// The phase the decision is in (moves when a transition is taken).
+    pub phase_name: String,
+    /// Whether the execution object is ours.
+    pub owned: bool,
+    owned_value: Value,
+    error: Value,
+    phase_value: Value,
+    now_value: Value,
+    related: Bound,
+    /// The first validation rule that failed, if any.
+    pub validation: Bound,
+    /// The execution object's identity, once rendered.
+    pub object: Bound,
+    values: Values,
+    computed: Vec<bool>,
+    null: Value,
+    wake: Cell<Option<f64>>,
+    /// Template context of what does not change during the decision.
+    base: JValue,
+}
+
+impl<'a> Scope<'a> {
+    pub fn new(rules: &'a Rules, obs: &'a Observation, now: f64) -> Scope<'a> {
+        let phase_name = obs
+            .resource
+            .get("status")
+            .and_then(|s| s.get(&rules.resource.status.phase))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| rules.phases[rules.initial].name.clone());
+        let owned = obs
+            .execution
+            .as_ref()
+            .is_some_and(|ex| is_owned(rules, &obs.resource, ex));
+        let error = obs
+            .error
+            .as_ref()
+            .map(|e: &ActionError| serde_json::to_value(e).unwrap_or(Value::Null))
+            .unwrap_or(Value::Null);
+        let now_text = crate::time::format_secs(now);
+        let base = context! {
+            resource => JValue::from_serialize(&obs.resource),
+            execution => JValue::from_serialize(&obs.execution),
+            owned => JValue::from(owned),
+            error => JValue::from_serialize(&error),
+            settings => JValue::from_serialize(&rules.settings),
+            phase => JValue::from(phase_name.as_str()),
+            now => JValue::from(now_text.as_str()),
+        };
+        let related = Value::Object(obs.related.clone());
+        Scope {
+            rules,
+            obs,
+            now,
+            phase_value: Value::String(phase_name.clone()),
+            now_value: Value::String(now_text.clone()),
+            now_text,
+            phase_name,
+            owned,
+            owned_value: Value::Bool(owned),
+            error,
+            related: Bound {
+                tmpl: JValue::from_serialize(&obs.related),
+                json: related,
+            },
+            validation: Bound::null(),
+            object: Bound::null(),
+            values: Values {
+                json: Value::Object(Map::new()),
+                tmpl: BTreeMap::new(),
+                all: JValue::from_serialize(Map::new()),
+            },
+            computed: vec![false; rules.values.len()],
+            null: Value::Null,
+            wake: Cell::new(None),
+            base,
+        }
+    }
+
+    /// The template context, with a step's `vars` and `transition`, and a filter's `item`.
+    pub fn ctx(&self, extra: Option<(&JValue, &JValue)>, item: Option<&Value>) -> JValue {
+        let (vars, transition) = match extra {
+            Some((v, t)) => (v.clone(), t.clone()),
+            None => (JValue::UNDEFINED, JValue::UNDEFINED),
+        };
+        let item = item
+            .map(JValue::from_serialize)
+            .unwrap_or(JValue::UNDEFINED);
+        context! {
+            values => self.values.all.clone(),
+            validation => self.validation.tmpl.clone(),
+            related => self.related.tmpl.clone(),
+            object => self.object.tmpl.clone(),
+            vars => vars,
+            transition => transition,
+            item => item,
+            ..self.base.clone()
+        }
+    }
+
+    /// When the decision must be made again because an `elapsed` test will change.
+    pub fn wake(&self) -> Option<f64> {
+        self.wake.get()
+    }
+
+    /// The resource's `metadata.generation`.
+    pub fn generation(&self) -> Option<i64> {
+        self.obs
+            .resource
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+    }
+
+    // ---- values ----
+
+    /// Makes sure what `deps` reads is there: related lists read, values computed.
+    pub fn ensure(&mut self, deps: &Deps) -> Result<(), Stop> {
+        self.related_read(&deps.related)?;
+        for &v in &deps.values {
+            self.compute(v, 0)?;
+        }
+        Ok(())
+    }
+
+    fn related_read(&self, lists: &BTreeSet<usize>) -> Result<(), Stop> {
+        for &r in lists {
+            if let Some(rel) = self.rules.related.get(r)
+                && !self.obs.related.contains_key(&rel.name)
+            {
+                return Err(Stop::Needs(r));
+            }
+        }
+        Ok(())
+    }
+
+    fn compute(&mut self, index: usize, depth: usize) -> Result<(), Stop> {
+        if self.computed.get(index).copied().unwrap_or(true) {
+            return Ok(());
+        }
+        if depth > self.rules.values.len() {
+            return Err(Stop::Fail(DecideError {
+                category: Category::TemplateError,
+                message: "values depend on each other in a cycle".into(),
+            }));
+        }
+        let rule = &self.rules.values[index];
+        self.related_read(&rule.deps.related)?;
+        for &v in &rule.deps.values {
+            self.compute(v, depth + 1)?;
+        }
+        let ctx_err = |e: DecideError| {
+            Stop::Fail(DecideError {
+                category: e.category,
+                message: format!("value `{}`: {}", rule.name, e.message),
+            })
+        };
+        let result = match &rule.kind {
+            ValueKind::Path(p) => self
+                .first(p)
+                .cloned()
+                .filter(|v| !v.is_null())
+                .unwrap_or_else(|| rule.default.clone()),
+            ValueKind::List(p, f) => {
+                let items = self.filtered(p, f.as_ref()).map_err(ctx_err)?;
+                Value::Array(items.into_iter().map(|(_, v)| v).collect())
+            }
+            ValueKind::Count(p, f) => {
+                Value::from(self.filtered(p, f.as_ref()).map_err(ctx_err)?.len())
+            }
+            ValueKind::Find(p, f) => match self
+                .filtered(p, f.as_ref())
+                .map_err(ctx_err)?
+                .into_iter()
+                .next()
+            {
+                Some((i, v)) => json!({"index": i, "value": v}),
+                None => rule.default.clone(),
+            },
+            ValueKind::Expr(id) | ValueKind::Template(id) => {
+                let ctx = self.ctx(None, None);
+                let v = self
+                    .rules
+                    .templates
+                    .eval(*id, &ctx)
+                    .map_err(|e| ctx_err(template_error(e)))?;
+                if v.is_null() { rule.default.clone() } else { v }
+            }
+            ValueKind::Table(t) => {
+                let ctx = self.ctx(None, None);
+                let mut inputs = Vec::with_capacity(t.inputs.len());
+                for (_, tmpl) in &t.inputs {
+                    let text = self
+                        .rules
+                        .templates
+                        .text(tmpl, &ctx)
+                        .map_err(|e| ctx_err(template_error(e)))?;
+                    let lower = text.to_lowercase();
+                    inputs.push((text, lower));
+                }
+                t.rows
+                    .iter()
+                    .find(|(tests, _)| {
+                        tests
+                            .iter()
+                            .all(|(i, m)| inputs.get(*i).is_some_and(|(t, l)| m.test(t, l)))
+                    })
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_else(|| t.default.clone())
+            }
+        };
+        // convert only the new value; the map of template values shares the rest
+        self.values
+            .tmpl
+            .insert(rule.name.clone(), JValue::from_serialize(&result));
+        self.values.all = JValue::from_object(self.values.tmpl.clone());
+        if let Value::Object(m) = &mut self.values.json {
+            m.insert(rule.name.clone(), result);
+        }
+        self.computed[index] = true;
+        Ok(())
+    }
+
+    fn first(&self, p: &crate::expr::Path) -> Option<&Value> {
+        p.root()
+            .and_then(|r| self.root(r))
+            .and_then(|doc| p.first(doc))
+    }
+
+    fn filtered(
+        &self,
+        p: &crate::expr::Path,
+        f: Option<&Pred>,
+    ) -> Result<Vec<(usize, Value)>, DecideError> {
+        let Some(doc) = p.root().and_then(|r| self.root(r)) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (i, item) in p.select(doc).into_iter().enumerate() {
+            let keep = match f {
+                Some(f) => f.eval(self, Some(item)).map_err(pred_error)?,
+                None => true,
+            };
+            if keep {
+                out.push((i, item.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Evaluates a predicate, after what it reads.
+    pub fn test(&mut self, p: &Pred, deps: &Deps) -> Result<bool, Stop> {
+        self.ensure(deps)?;
+        Ok(p.eval(self, None).map_err(pred_error)?)
+    }
+
+    /// A duration template, in seconds.
+    pub fn duration(&self, t: &Tmpl, ctx: &JValue) -> Result<f64, Stop> {
+        let text = self.rules.templates.text(t, ctx).map_err(template_error)?;
+        crate::time::parse_duration(&text).map_err(|e| {
+            Stop::Fail(DecideError {
+                category: Category::TemplateError,
+                message: e,
+            })
+        })
+    }
+
+    /// The value of `transition` in templates.
+    pub fn transition_value(&self, name: &str, to: &str) -> JValue {
+        JValue::from_serialize(json!({"name": name, "from": self.phase_name, "to": to}))
+    }
+
+    /// A step's `vars`, each able to read the ones before it.
+    pub fn vars(&self, action: &ActionRules, transition: &JValue) -> Result<JValue, Stop> {
+        let mut vars = Map::new();
+        for (name, t) in &action.vars {
+            let ctx = self.ctx(Some((&JValue::from_serialize(&vars), transition)), None);
+            let v = self
+                .rules
+                .templates
+                .value(t, &ctx)
+                .map_err(template_error)?;
+            vars.insert(name.clone(), v);
+        }
+        Ok(JValue::from_serialize(&vars))
+    }
+}
+
+impl Env for Scope<'_> {
+    fn root(&self, root: Root) -> Option<&Value> {
+        Some(match root {
+            Root::Resource => &self.obs.resource,
+            Root::Execution => self.obs.execution.as_ref().unwrap_or(&self.null),
+            Root::Owned => &self.owned_value,
+            Root::Related => &self.related.json,
+            Root::Error => &self.error,
+            Root::Validation => &self.validation.json,
+            Root::Values => &self.values.json,
+            Root::Settings => &self.rules.settings,
+            Root::Phase => &self.phase_value,
+            Root::Now => &self.now_value,
+            Root::Object => &self.object.json,
+        })
+    }
+
+    fn truthy(&self, id: usize, item: Option<&Value>) -> Result<bool, PredError> {
+        let ctx = self.ctx(None, item);
+        self.rules
+            .templates
+            .eval_jinja(id, &ctx)
+            .map(|v| v.is_true())
+            .map_err(|e| PredError(e.message))
+    }
+
+    fn duration_secs(&self, id: usize, item: Option<&Value>) -> Result<f64, PredError> {
+        let ctx = self.ctx(None, item);
+        let v = self
+            .rules
+            .templates
+            .eval(id, &ctx)
+            .map_err(|e| PredError(e.message))?;
+        match v {
+            Value::Number(n) => n.as_f64().ok_or_else(|| PredError("bad number".into())),
+            Value::String(s) => crate::time::parse_duration(&s).map_err(PredError),
+            other => Err(PredError(format!("`{other}` is not a duration"))),
+        }
+    }
+
+    fn now_secs(&self) -> f64 {
+        self.now
+    }
+
+    fn wake_at(&self, secs: f64) {
+        let w = self.wake.get().map_or(secs, |w| w.min(secs));
+        self.wake.set(Some(w));
+    }
+}
+
+/// The objects related list `index` refers to, given the execution object.
+pub fn related_requests(rules: &Rules, index: usize, execution: Option<&Value>) -> RelatedRequest {
+    let Some(r) = rules.related.get(index) else {
+        return RelatedRequest {
+            name: String::new(),
+            entries: Vec::new(),
+        };
+    };
+    let mut entries = Vec::new();
+    if let Some(ex) = execution {
+        let ex_ns = ex
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        for entry in r.from.select(ex) {
+            let wanted = match &r.filter {
+                Some(f) => f.eval(&NoEnv, Some(entry)).unwrap_or(false),
+                None => true,
+            };
+            let name = r.name_path.first(entry).and_then(Value::as_str);
+            let namespace = match &r.namespace_path {
+                Some(p) => p.first(entry).and_then(Value::as_str).map(str::to_string),
+                None => Some(ex_ns.clone()),
+            };
+            let key = match (wanted, name, namespace) {
+                (true, Some(name), Some(namespace)) if !name.is_empty() => Some(ObjectKey {
+                    api_version: r.api_version.clone(),
+                    kind: r.kind.clone(),
+                    namespace,
+                    name: name.to_string(),
+                }),
+                _ => None,
+            };
+            entries.push((entry.clone(), key));
+        }
+    }
+    RelatedRequest {
+        name: r.name.clone(),
+        entries,
+    }
+}
+
+/// An environment for filters that may only read their item.
+struct NoEnv;
+
+impl Env for NoEnv {
+    fn root(&self, _: Root) -> Option<&Value> {
+        None
+    }
+    fn truthy(&self, _: usize, _: Option<&Value>) -> Result<bool, PredError> {
+        Err(PredError("expressions are not available here".into()))
+    }
+    fn duration_secs(&self, _: usize, _: Option<&Value>) -> Result<f64, PredError> {
+        Err(PredError("durations are not available here".into()))
+    }
+    fn now_secs(&self) -> f64 {
+        0.0
+    }
+    fn wake_at(&self, _: f64) {}
+}
+
+/// Whether the execution object carries the owner labels of this resource.
+fn is_owned(rules: &Rules, resource: &Value, execution: &Value) -> bool {
+    let labels = execution.pointer("/metadata/labels");
+    let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+    let meta = |k: &str| {
+        resource
+            .pointer(&format!("/metadata/{k}"))
+            .and_then(Value::as_str)
+    };
+    let owner = &rules.execution.owner_labels;
+    label(&owner.name).is_some()
+        && label(&owner.name) == meta("name")
+        && label(&owner.namespace) == meta("namespace")
+}
