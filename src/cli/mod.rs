@@ -280,38 +280,62 @@ fn load_with_resource(
     Ok((rules, resource))
 }
 
-/// Runs the resource, fresh from the API server, through the simulated world (the engine's one
-/// loop, as the controller would) until it settles; prints the execution object it created, or
-/// the transition and status the rules recorded instead.
 fn render(resource: &Path, rules: &Path, set: &[(String, String)]) -> ExitCode {
-    let (rules, mut resource) = match load_with_resource(rules, set, resource) {
+    let (rules, resource) = match load_with_resource(rules, set, resource) {
         Ok(x) => x,
         Err(c) => return c,
     };
+    match rendered(&rules, resource) {
+        Rendered::Object(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Rendered::Outcome(text) => {
+            print!("{text}");
+            ExitCode::from(1)
+        }
+        Rendered::Error(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// What `render` shows.
+#[derive(Debug)]
+enum Rendered {
+    /// The execution object the rules would create, as YAML.
+    Object(String),
+    /// No object: the transition and status the rules would record instead.
+    Outcome(String),
+    /// The rules failed.
+    Error(String),
+}
+
+/// Runs the resource, fresh from the API server, through the simulated world (the engine's one
+/// loop, as the controller would) until it settles: the execution object it created, or the
+/// transition and status the rules recorded instead.
+fn rendered(rules: &Rules, mut resource: Value) -> Rendered {
     let now = crate::time::parse_secs("2026-01-01T00:00:00Z").unwrap_or_default();
     // a resource fresh from the API server: no status yet
     if let Some(m) = resource.as_object_mut() {
         m.remove("status");
     }
-    let mut world = simulate::World::new(&rules, resource, now);
+    let mut world = simulate::World::new(rules, resource, now);
     let settled = world.reconcile();
     let created = world.effects.iter().find_map(|(_, e)| match e {
         Effect::CreateExecution { object } => Some(object),
         _ => None,
     });
     if let Some(object) = created {
-        print!("{}", serde_yaml::to_string(object).unwrap_or_default());
-        return ExitCode::SUCCESS;
+        return Rendered::Object(serde_yaml::to_string(object).unwrap_or_default());
     }
     if let Err(e) = settled {
-        eprintln!("error: {e}");
-        return ExitCode::from(1);
+        return Rendered::Error(e);
     }
     if let Some(e) = world.decisions.iter().find_map(|(_, d)| d.error.as_ref()) {
-        eprintln!("error: {e}");
-        return ExitCode::from(1);
+        return Rendered::Error(e.to_string());
     }
-    // no object: the rules recorded an outcome instead (e.g. a validation failure)
     let transition = world
         .decisions
         .iter()
@@ -323,22 +347,12 @@ fn render(resource: &Path, rules: &Path, set: &[(String, String)]) -> ExitCode {
         .map_or(rules.phases[rules.initial].name.as_str(), |(_, d)| {
             d.phase.as_str()
         });
-    let status = world
-        .resource
-        .as_ref()
-        .and_then(|r| r.get("status"))
-        .cloned()
-        .unwrap_or(Value::Null);
-    println!(
-        "# no {} would be created: transition `{}` to phase {phase}",
+    Rendered::Outcome(format!(
+        "# no {} would be created: transition `{}` to phase {phase}\n{}",
         rules.execution.kind,
         transition.unwrap_or("none"),
-    );
-    print!(
-        "{}",
-        serde_yaml::to_string(&json!({"status": status})).unwrap_or_default()
-    );
-    ExitCode::from(1)
+        serde_yaml::to_string(&json!({"status": world.status()})).unwrap_or_default()
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -410,4 +424,53 @@ fn simulate_cmd(
 
 fn indent(s: &str) -> String {
     s.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> &'static Path {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn default_rules() -> Rules {
+        Rules::load(&root().join("lifecycle.yaml"), &[]).expect("default rules load")
+    }
+
+    fn example() -> Value {
+        crate::offline::read_object(&root().join("examples/workflowexecution.yaml"))
+            .expect("the example reads")
+    }
+
+    #[test]
+    fn render_shows_the_object_for_a_valid_resource() {
+        let Rendered::Object(text) = rendered(&default_rules(), example()) else {
+            panic!("expected the PipelineRun");
+        };
+        assert!(
+            text.starts_with("apiVersion: tekton.dev/v1\nkind: PipelineRun\n"),
+            "{text}"
+        );
+        assert!(text.contains("name: wfe-f3457dcc8fbcb6d9"), "{text}");
+    }
+
+    #[test]
+    fn render_shows_the_failure_a_validation_rule_records() {
+        let mut resource = example();
+        resource["spec"]["workflowRef"]["containerImage"] = json!("");
+        let Rendered::Outcome(text) = rendered(&default_rules(), resource) else {
+            panic!("expected the recorded failure");
+        };
+        assert!(
+            text.starts_with(
+                "# no PipelineRun would be created: transition `invalid` to phase Failed\nstatus:\n  phase: Failed\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("    reason: ConfigurationError\n    message: workflowRef.containerImage is required\n"),
+            "{text}"
+        );
+    }
 }

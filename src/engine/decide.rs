@@ -222,16 +222,20 @@ impl Decider<'_> {
         Ok(Some(self.decision(Some("delete".into()), effects, None)))
     }
 
-    /// The status as observed, and the desired status starting from it, in the current phase.
-    fn draft(&self) -> Draft {
-        let current = self
-            .s
+    /// The resource's status as observed (an empty object when it has none).
+    fn observed_status(&self) -> Value {
+        self.s
             .obs
             .resource
             .get("status")
             .cloned()
             .filter(Value::is_object)
-            .unwrap_or_else(|| Value::Object(Map::new()));
+            .unwrap_or_else(|| Value::Object(Map::new()))
+    }
+
+    /// The status as observed, and the desired status starting from it, in the current phase.
+    fn draft(&self) -> Draft {
+        let current = self.observed_status();
         let mut desired = current.clone();
         set_field(
             &mut desired,
@@ -548,14 +552,7 @@ impl Decider<'_> {
 
     /// The decision that reports a rules failure on the resource, once.
     fn failure(&self, e: DecideError) -> Decision {
-        let current = self
-            .s
-            .obs
-            .resource
-            .get("status")
-            .cloned()
-            .filter(Value::is_object)
-            .unwrap_or_else(|| Value::Object(Map::new()));
+        let current = self.observed_status();
         let mut desired = current.clone();
         let list = conditions_mut(&mut desired, &self.s.rules.resource.status.conditions);
         status::set_condition(

@@ -15,6 +15,8 @@
 
 mod decide;
 pub mod drive;
+#[cfg(test)]
+mod drive_tests;
 mod effects;
 mod scope;
 #[cfg(test)]

@@ -125,6 +125,15 @@ impl<'r> World<'r> {
         engine::execution_key(self.rules, self.resource.as_ref()?, self.now).ok()
     }
 
+    /// The resource's status (null when it has none or is gone).
+    pub fn status(&self) -> Value {
+        self.resource
+            .as_ref()
+            .and_then(|r| r.get("status"))
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
     /// Moves the clock forward.
     pub fn advance(&mut self, secs: f64) {
         self.now += secs;
