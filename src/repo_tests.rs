@@ -71,9 +71,8 @@ const IMPURE: &[&str] = &[
 /// Files of the pure core allowed to read files, each with why: reading is one step before the
 /// pure compilation, kept in one place so everything after it can be tested from strings.
 const READS_FILES: &[&str] = &[
-    // `Rules::load` and `read_limited`: the rules file and its templates, then compiled
-    "src/rules/mod.rs",
-    "src/rules/compile.rs",
+    // `Sources::read` and `read_limited`: the rules file and its templates, then compiled
+    "src/rules/sources.rs",
 ];
 
 /// The code of a source file without its test module (`#[cfg(test)] mod tests { ... }` at the

@@ -3,7 +3,7 @@
 //! or the environment.
 
 use super::{Effect, Observation, decide};
-use crate::rules::Rules;
+use crate::rules::{Rules, Sources};
 use serde_json::{Value, json};
 use std::path::Path;
 
@@ -79,22 +79,12 @@ fn hostile_specs_cannot_change_the_created_object() {
     }
 }
 
-/// A copy of the default rules with the PipelineRun template replaced.
+/// The default rules with the PipelineRun template replaced, compiled in memory.
 fn rules_with_template(template: &str) -> Result<Rules, crate::rules::LoadError> {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        root().join("lifecycle.yaml"),
-        dir.path().join("lifecycle.yaml"),
-    )
-    .unwrap();
-    std::fs::create_dir(dir.path().join("templates")).unwrap();
-    std::fs::copy(
-        root().join("templates/failure-summary.txt"),
-        dir.path().join("templates/failure-summary.txt"),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("templates/pipelinerun.yaml"), template).unwrap();
-    Rules::load(&dir.path().join("lifecycle.yaml"), &[])
+    let sources = Sources::read(&root().join("lifecycle.yaml"))
+        .expect("default rules read")
+        .with_template("pipelinerun.yaml", template);
+    Rules::compile(&sources, &[])
 }
 
 #[test]

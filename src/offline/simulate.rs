@@ -10,7 +10,7 @@ use crate::engine::drive::{self, DriveError, Outcome};
 use crate::engine::{
     self, ActionError, Decision, Effect, ObjectKey, Observation, status::apply_merge_patch,
 };
-use crate::rules::{Rules, SimChange};
+use crate::rules::{Rules, SimulatedChangeRules};
 use minijinja::{Value as JValue, context};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -164,7 +164,11 @@ impl<'r> World<'r> {
     }
 
     /// Applies a simulated change (`started` or an outcome) to the execution object.
-    pub fn apply_change(&mut self, change: &SimChange, outcome: &Value) -> Result<(), String> {
+    pub fn apply_change(
+        &mut self,
+        change: &SimulatedChangeRules,
+        outcome: &Value,
+    ) -> Result<(), String> {
         let Some(key) = self.execution_key() else {
             return Err("the resource has no execution object".into());
         };

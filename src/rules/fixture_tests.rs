@@ -18,7 +18,7 @@
 //! Set `LIFECYCLE_BLESS=1` to rewrite the `.expected` files of fixtures that are not pending from
 //! the loader's current output; review the diff before committing it.
 
-use super::{LoadError, Problem, Rules};
+use super::{LoadError, Problem, Rules, Sources};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -52,13 +52,31 @@ fn load_guarded(
     file: &Path,
     overrides: &[(String, String)],
 ) -> Result<Result<Rules, LoadError>, String> {
-    let (tx, rx) = mpsc::channel();
     let f = file.to_path_buf();
     let o = overrides.to_vec();
+    guarded(&file.display().to_string(), move || Rules::load(&f, &o))
+}
+
+/// Compiles in-memory sources on a separate thread, like [`load_guarded`].
+fn compile_guarded(
+    sources: Sources,
+    overrides: &[(String, String)],
+) -> Result<Result<Rules, LoadError>, String> {
+    let name = sources.file.display().to_string();
+    let o = overrides.to_vec();
+    guarded(&name, move || Rules::compile(&sources, &o))
+}
+
+/// Runs `load` on its own thread with the time limit.
+fn guarded(
+    name: &str,
+    load: impl FnOnce() -> Result<Rules, LoadError> + Send + 'static,
+) -> Result<Result<Rules, LoadError>, String> {
+    let (tx, rx) = mpsc::channel();
     let handle = std::thread::Builder::new()
-        .name(format!("load {}", file.display()))
+        .name(format!("load {name}"))
         .spawn(move || {
-            let _ = tx.send(Rules::load(&f, &o));
+            let _ = tx.send(load());
         })
         .map_err(|e| format!("cannot start a thread: {e}"))?;
     match rx.recv_timeout(LOAD_TIME_LIMIT) {
@@ -67,12 +85,9 @@ fn load_guarded(
             Ok(r)
         }
         Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
-            "{}: loading took longer than {LOAD_TIME_LIMIT:?}",
-            file.display()
+            "{name}: loading took longer than {LOAD_TIME_LIMIT:?}"
         )),
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            Err(format!("{}: loading panicked", file.display()))
-        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(format!("{name}: loading panicked")),
     }
 }
 
@@ -238,8 +253,23 @@ fn minimal_rules() -> String {
         .replace("templates: _templates\n", "")
 }
 
+/// `text` as the rules file `name`, with the shared fixture templates in `templates/`, in memory.
+fn in_memory(name: &str, text: String) -> Sources {
+    let mut sources = Sources::from_text(name, text);
+    for template in ["job.yaml", "summary.txt"] {
+        let body = std::fs::read_to_string(fixtures().join("valid/_templates").join(template))
+            .expect("fixture template");
+        sources = sources.with_template(template, body);
+    }
+    sources
+}
+
 fn problems_of(file: &Path, overrides: &[(String, String)]) -> Vec<String> {
-    match load_guarded(file, overrides) {
+    pinned_lines(load_guarded(file, overrides), file)
+}
+
+fn pinned_lines(loaded: Result<Result<Rules, LoadError>, String>, file: &Path) -> Vec<String> {
+    match loaded {
         Ok(Ok(_)) => Vec::new(),
         Ok(Err(e)) => pinned_all(&e, file, file.parent().unwrap_or(Path::new(".")))
             .lines()
@@ -364,39 +394,47 @@ fn hostile_inputs() -> Vec<(&'static str, String, Option<&'static str>)> {
     ]
 }
 
-/// Loads the file named by `LIFECYCLE_HOSTILE_FILE` and prints its problems; run by
-/// [`hostile_inputs_fail_cleanly`] in a child process.
+/// Mark the problems a [`hostile_child`] prints among libtest's own output.
+const HOSTILE_BEGIN: &str = "--- hostile input problems ---\n";
+const HOSTILE_END: &str = "--- end of hostile input problems ---\n";
+
+/// Compiles hostile input number `LIFECYCLE_HOSTILE_INPUT` from memory and prints its problems
+/// between [`HOSTILE_BEGIN`] and [`HOSTILE_END`]; run by [`hostile_inputs_fail_cleanly`] in a child process.
 #[test]
 #[ignore = "run in a child process by hostile_inputs_fail_cleanly"]
 fn hostile_child() {
-    let Some(file) = std::env::var_os("LIFECYCLE_HOSTILE_FILE") else {
+    let Some(index) = std::env::var("LIFECYCLE_HOSTILE_INPUT")
+        .ok()
+        .and_then(|i| i.parse::<usize>().ok())
+    else {
         return;
     };
-    let file = PathBuf::from(file);
-    let out = match Rules::load(&file, &[]) {
-        Ok(_) => "(loads without problems)\n".to_string(),
-        Err(e) => pinned_all(&e, &file, file.parent().unwrap_or(Path::new("."))),
+    let Some((_, text, _)) = hostile_inputs().into_iter().nth(index) else {
+        return;
     };
-    std::fs::write(file.with_extension("out"), out).expect("write the result");
+    let file = PathBuf::from(format!("hostile-{index}.yaml"));
+    let out = match Rules::compile(&in_memory(&file.display().to_string(), text), &[]) {
+        Ok(_) => "(loads without problems)\n".to_string(),
+        Err(e) => pinned_all(&e, &file, Path::new(".")),
+    };
+    print!("{HOSTILE_BEGIN}{out}{HOSTILE_END}");
 }
 
 #[test]
 fn hostile_inputs_fail_cleanly() {
-    let dir = scratch();
     let exe = std::env::current_exe().expect("the test binary");
     let mut failures = Vec::new();
-    for (i, (name, text, want)) in hostile_inputs().into_iter().enumerate() {
-        let file = dir.path().join(format!("hostile-{i}.yaml"));
-        std::fs::write(&file, &text).expect("write");
+    for (i, (name, _, want)) in hostile_inputs().into_iter().enumerate() {
         let mut child = std::process::Command::new(&exe)
             .args([
                 "--exact",
                 "rules::fixture_tests::hostile_child",
                 "--ignored",
                 "--quiet",
+                "--nocapture",
             ])
-            .env("LIFECYCLE_HOSTILE_FILE", &file)
-            .stdout(std::process::Stdio::null())
+            .env("LIFECYCLE_HOSTILE_INPUT", i.to_string())
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start the child test");
@@ -412,7 +450,14 @@ fn hostile_inputs_fail_cleanly() {
                 None => std::thread::sleep(Duration::from_millis(20)),
             }
         };
-        let got = std::fs::read_to_string(file.with_extension("out")).ok();
+        let mut stdout = String::new();
+        if let Some(mut pipe) = child.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut stdout);
+        }
+        let got = stdout
+            .split_once(HOSTILE_BEGIN)
+            .and_then(|(_, rest)| rest.split_once(HOSTILE_END))
+            .map(|(problems, _)| problems.to_string());
         let clean = status.is_some_and(|s| s.success()) && got.is_some();
         match (want, clean) {
             (Some(want), true) if got.as_deref() == Some(want) => {}
@@ -477,13 +522,11 @@ fn a_missing_templates_folder_is_reported_at_the_execution_template() {
 
 #[test]
 fn setting_overrides_are_checked() {
-    let dir = scratch();
-    let file = dir.path().join("rules.yaml");
     let text = minimal_rules().replace(
         "version: 1\n",
         "version: 1\nsettings:\n  retries: 3\n  strict: true\n  name: x\n",
     );
-    std::fs::write(&file, text).expect("write");
+    let sources = in_memory("rules.yaml", text);
     let set = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
         pairs
             .iter()
@@ -491,7 +534,7 @@ fn setting_overrides_are_checked() {
             .collect()
     };
     let ok = set(&[("retries", "5"), ("strict", "false"), ("name", "y")]);
-    match load_guarded(&file, &ok).expect("no panic or hang") {
+    match compile_guarded(sources.clone(), &ok).expect("no panic or hang") {
         Ok(rules) => assert_eq!(
             rules.settings,
             serde_json::json!({"retries": 5, "strict": false, "name": "y"})
@@ -500,7 +543,7 @@ fn setting_overrides_are_checked() {
     }
     let bad = set(&[("retries", "many"), ("strict", "yes"), ("colour", "red")]);
     assert_eq!(
-        problems_of(&file, &bad),
+        pinned_lines(compile_guarded(sources, &bad), Path::new("rules.yaml")),
         [
             "--set:1:1: retries: setting `retries` is a number, `many` is not",
             "--set:1:1: strict: setting `strict` is a boolean, `yes` is not",

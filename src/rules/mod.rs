@@ -1,25 +1,43 @@
-//! The rules file: raw serde model → validated, compiled [`Rules`].
+//! The rules file: sources → raw serde model → validated, compiled [`Rules`].
 //!
 //! One loader serves every door (`check`, `render`, `simulate`, `test`, start-up, hot reload).
-//! It reads the file in two stages: serde (each section and entry on its own, so that one bad
-//! entry does not hide the problems of the others) and compilation (JSONPaths parsed, templates
-//! compiled, references resolved, the phase graph checked). Every problem carries
+//! Reading files is one step ([`Sources::read`]: the rules file and its templates folder, as
+//! text); compiling is a pure function of those sources ([`Rules::compile`]), so tests compile
+//! rules held in memory. Compilation has two stages: serde (each section and entry on its own,
+//! so that one bad entry does not hide the problems of the others) and the section compilers
+//! (JSONPaths parsed, templates compiled, references resolved), followed by the checks of the
+//! whole (variables in scope, the phase graph, cycles among values). Every problem carries
 //! file:line:column and the path inside the document, and all of them are reported together.
 //! Loading never panics, whatever the input.
+//!
+//! Files: [`sources`] (the only file reading), [`model`] (the raw model), `parse` (the serde
+//! pass), `compiler` (the pipeline and shared building blocks), `predicate`, `sections` (one
+//! compiler per section), `deps` (what reads what, cycles), `checks` (static checks of the
+//! whole), `compiled` (the compiled types), [`locate`] (positions in the YAML text).
 
-mod compile;
+mod checks;
+#[cfg(test)]
+mod compile_tests;
+mod compiled;
+mod compiler;
+mod deps;
 #[cfg(test)]
 mod fixture_tests;
 pub mod locate;
 pub mod model;
+mod parse;
+mod predicate;
 mod schema;
+mod sections;
+pub mod sources;
 
-pub use compile::{
-    ActionRules, CondRules, CooldownRules, Deps, EventRules, ExecutionRules, Matcher, MetricRules,
-    PhaseRules, RelatedRules, ResourceRules, SimChange, SimRules, TableRules, TmplTree,
-    TransitionRules, ValidationRules, ValueKind, ValueRules,
+pub use compiled::{
+    ActionRules, AuditRules, ConditionRules, CooldownRules, Deps, EventRules, ExecutionRules,
+    MatcherRules, MetricRules, PhaseRules, RelatedRules, ResourceRules, SimulatedChangeRules,
+    SimulationRules, TableRules, TmplTree, TransitionRules, ValidationRules, ValueKind, ValueRules,
 };
 pub use schema::json_schema;
+pub use sources::{MAX_FILE_BYTES, Sources, read_limited};
 
 use crate::render::Templates;
 use indexmap::IndexMap;
@@ -27,9 +45,6 @@ use model::{MetricSpec, RulesFile};
 use serde_json::Value;
 use std::fmt;
 use std::path::{Path, PathBuf};
-
-/// Largest rules file or template accepted.
-pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 /// One problem in the rules, with its place.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -141,33 +156,23 @@ pub struct Rules {
     /// Deletion handling.
     pub on_delete: Option<ActionRules>,
     /// Audit record base and field names.
-    pub audit: compile::AuditRules,
+    pub audit: AuditRules,
     /// Declared metrics.
     pub metrics: IndexMap<String, MetricSpec>,
     /// Simulation behaviour of the execution object.
-    pub simulation: Option<SimRules>,
+    pub simulation: Option<SimulationRules>,
 }
 
 impl Rules {
-    /// Loads and checks a rules file, with `overrides` replacing settings (`NAME=VALUE`).
+    /// Reads and compiles a rules file, with `overrides` replacing settings (`NAME=VALUE`).
     pub fn load(file: &Path, overrides: &[(String, String)]) -> Result<Rules, LoadError> {
-        let display = file.display().to_string();
-        let text = read_limited(file).map_err(|message| LoadError::Unusable {
-            file: display.clone(),
-            message,
-        })?;
-        let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
-        compile::compile(file, &display, &text, &dir, overrides)
+        Rules::compile(&Sources::read(file)?, overrides)
     }
 
-    /// Loads rules from text (templates are read from `dir`); for tests and tools.
-    pub fn from_text(
-        name: &str,
-        text: &str,
-        dir: &Path,
-        overrides: &[(String, String)],
-    ) -> Result<Rules, LoadError> {
-        compile::compile(Path::new(name), name, text, dir, overrides)
+    /// Compiles rules from their sources, with `overrides` replacing settings (`NAME=VALUE`).
+    /// Pure: reads no file, environment or clock.
+    pub fn compile(sources: &Sources, overrides: &[(String, String)]) -> Result<Rules, LoadError> {
+        compiler::compile(sources, overrides)
     }
 
     /// Index of a phase by name.
@@ -175,29 +180,11 @@ impl Rules {
         self.phases.iter().position(|p| p.name == name)
     }
 
-    /// Files the rules were read from (the rules file and every template), for reload watching.
+    /// The templates folder the rules were read from, for reload watching.
     pub fn templates_dir(&self) -> PathBuf {
         let dir = self.file.parent().unwrap_or(Path::new(".")).to_path_buf();
         dir.join(self.raw.templates.as_deref().unwrap_or("templates"))
     }
-}
-
-/// Reads a file of at most [`MAX_FILE_BYTES`] as UTF-8.
-pub fn read_limited(file: &Path) -> Result<String, String> {
-    let meta = std::fs::metadata(file).map_err(|e| format!("cannot read: {e}"))?;
-    if !meta.is_file() {
-        return Err("cannot read: not a regular file".into());
-    }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(format!(
-            "file is {} bytes; the limit is {} bytes",
-            meta.len(),
-            MAX_FILE_BYTES
-        ));
-    }
-    let bytes = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
-    String::from_utf8(bytes)
-        .map_err(|e| format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))
 }
 
 /// Parses a `--set NAME=VALUE` override of a setting of the rules.

@@ -1,0 +1,317 @@
+//! The compiled form of a rules file: what the engine reads when it decides.
+//!
+//! Each section or entry of the raw model ([`super::model`]) has its checked counterpart here,
+//! named after it with a `Rules` suffix (`phases.X` → [`PhaseRules`], a condition →
+//! [`ConditionRules`]); the pieces they share are named for what they are ([`TmplTree`],
+//! [`ValueKind`], [`Deps`]). JSONPaths are parsed, templates are ids into
+//! [`crate::render::Templates`], references to phases, values and related lists are indices, and
+//! each piece records what it reads. Nothing here parses or checks: the compiler builds these
+//! values once, when the rules load, and they never change afterwards.
+
+use super::model::{EventType, ExecutionAction, OwnerLabels, StatusFields};
+use crate::expr::{Path as JPath, Pred};
+use crate::render::Tmpl;
+use regex::Regex;
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+/// Values and related objects a piece of the rules reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deps {
+    /// Indices into [`super::Rules::values`].
+    pub values: BTreeSet<usize>,
+    /// Indices into [`super::Rules::related`].
+    pub related: BTreeSet<usize>,
+}
+
+/// The governed resource.
+#[derive(Debug, Clone)]
+pub struct ResourceRules {
+    /// `group/version`.
+    pub api_version: String,
+    /// Kind.
+    pub kind: String,
+    /// Finalizer, if any.
+    pub finalizer: Option<String>,
+    /// Field manager.
+    pub field_manager: String,
+    /// Reporting component.
+    pub component: String,
+    /// Engine-maintained status fields.
+    pub status: StatusFields,
+}
+
+/// The execution object.
+#[derive(Debug, Clone)]
+pub struct ExecutionRules {
+    /// `group/version`.
+    pub api_version: String,
+    /// Kind.
+    pub kind: String,
+    /// Namespace template.
+    pub namespace: Tmpl,
+    /// Name template.
+    pub name: Tmpl,
+    /// Template id of the object body.
+    pub template: usize,
+    /// Owner labels.
+    pub owner_labels: OwnerLabels,
+    /// What the name, namespace and body read.
+    pub deps: Deps,
+}
+
+/// Related objects.
+#[derive(Debug, Clone)]
+pub struct RelatedRules {
+    /// Name (`related.NAME`).
+    pub name: String,
+    /// `group/version`.
+    pub api_version: String,
+    /// Kind.
+    pub kind: String,
+    /// Selects the reference entries.
+    pub from: JPath,
+    /// Name inside an entry.
+    pub name_path: JPath,
+    /// Namespace inside an entry.
+    pub namespace_path: Option<JPath>,
+    /// Which entries are read.
+    pub filter: Option<Pred>,
+}
+
+/// A validation rule.
+#[derive(Debug, Clone)]
+pub struct ValidationRules {
+    /// Name.
+    pub name: String,
+    /// What must hold.
+    pub require: Pred,
+    /// Failure message.
+    pub message: Tmpl,
+    /// What it reads.
+    pub deps: Deps,
+}
+
+/// A text test of a table row.
+#[derive(Debug, Clone)]
+pub enum MatcherRules {
+    /// Contains any (lowercased needles).
+    Contains(Vec<String>),
+    /// Contains all (lowercased needles).
+    ContainsAll(Vec<String>),
+    /// Equal.
+    Equals(String),
+    /// One of.
+    In(Vec<String>),
+    /// Regex.
+    Regex(Regex),
+}
+
+impl MatcherRules {
+    /// Whether `text` passes.
+    pub fn test(&self, text: &str, lower: &str) -> bool {
+        match self {
+            MatcherRules::Contains(n) => n.iter().any(|n| lower.contains(n.as_str())),
+            MatcherRules::ContainsAll(n) => n.iter().all(|n| lower.contains(n.as_str())),
+            MatcherRules::Equals(s) => text == s,
+            MatcherRules::In(v) => v.iter().any(|s| s == text),
+            MatcherRules::Regex(r) => r.is_match(text),
+        }
+    }
+}
+
+/// A classification table.
+#[derive(Debug, Clone)]
+pub struct TableRules {
+    /// Named inputs.
+    pub inputs: Vec<(String, Tmpl)>,
+    /// Rows: tests by input index, and the value.
+    pub rows: Vec<(Vec<(usize, MatcherRules)>, Value)>,
+    /// Value when nothing matches.
+    pub default: Value,
+}
+
+/// How a value is computed.
+#[derive(Debug, Clone)]
+pub enum ValueKind {
+    /// First node.
+    Path(JPath),
+    /// All (filtered) nodes.
+    List(JPath, Option<Pred>),
+    /// Count of (filtered) nodes.
+    Count(JPath, Option<Pred>),
+    /// First matching node with its index.
+    Find(JPath, Option<Pred>),
+    /// Expression template id.
+    Expr(usize),
+    /// Text template id.
+    Template(usize),
+    /// Table.
+    Table(TableRules),
+}
+
+/// A computed value.
+#[derive(Debug, Clone)]
+pub struct ValueRules {
+    /// Name.
+    pub name: String,
+    /// How.
+    pub kind: ValueKind,
+    /// Result when nothing is selected.
+    pub default: Value,
+    /// What it reads.
+    pub deps: Deps,
+}
+
+/// Templates arranged like the JSON they produce.
+#[derive(Debug, Clone)]
+pub enum TmplTree {
+    /// A leaf.
+    Leaf(Tmpl),
+    /// Explicit null: remove the field.
+    Remove,
+    /// A mapping.
+    Map(Vec<(String, TmplTree)>),
+    /// A list.
+    List(Vec<TmplTree>),
+}
+
+/// A condition to set.
+#[derive(Debug, Clone)]
+pub struct ConditionRules {
+    /// Type.
+    pub kind: String,
+    /// Status template.
+    pub status: Tmpl,
+    /// Reason template.
+    pub reason: Tmpl,
+    /// Message template.
+    pub message: Tmpl,
+    /// Guard.
+    pub when: Option<Pred>,
+}
+
+/// An Event to emit.
+#[derive(Debug, Clone)]
+pub struct EventRules {
+    /// Normal or Warning.
+    pub kind: EventType,
+    /// Reason.
+    pub reason: String,
+    /// Message template.
+    pub message: Tmpl,
+    /// Action.
+    pub action: String,
+}
+
+/// A metric update.
+#[derive(Debug, Clone)]
+pub struct MetricRules {
+    /// Metric name.
+    pub name: String,
+    /// Label values.
+    pub labels: Vec<(String, Tmpl)>,
+    /// Amount / observation.
+    pub value: Option<Tmpl>,
+}
+
+/// A block of effects, with shared blocks (`use`) already merged in.
+#[derive(Debug, Clone, Default)]
+pub struct ActionRules {
+    /// Variables.
+    pub vars: Vec<(String, Tmpl)>,
+    /// Execution object action.
+    pub execution: Option<ExecutionAction>,
+    /// Status to set (several trees, applied in order).
+    pub status: Vec<TmplTree>,
+    /// Conditions.
+    pub conditions: Vec<ConditionRules>,
+    /// Events.
+    pub events: Vec<EventRules>,
+    /// Audit record (merged over the base).
+    pub audit: Vec<TmplTree>,
+    /// Metrics.
+    pub metrics: Vec<MetricRules>,
+    /// What it reads.
+    pub deps: Deps,
+}
+
+/// A transition.
+#[derive(Debug, Clone)]
+pub struct TransitionRules {
+    /// Name.
+    pub name: String,
+    /// Target phase index.
+    pub to: usize,
+    /// Guard.
+    pub when: Option<Pred>,
+    /// What the guard reads.
+    pub when_deps: Deps,
+    /// Effects.
+    pub action: ActionRules,
+}
+
+/// A phase.
+#[derive(Debug, Clone)]
+pub struct PhaseRules {
+    /// Name.
+    pub name: String,
+    /// Terminal.
+    pub terminal: bool,
+    /// Runs validation.
+    pub validate: bool,
+    /// Poll interval template.
+    pub poll: Option<Tmpl>,
+    /// Per-observation sync.
+    pub sync: Option<ActionRules>,
+    /// Transitions.
+    pub transitions: Vec<TransitionRules>,
+}
+
+/// The cooldown policy.
+#[derive(Debug, Clone)]
+pub struct CooldownRules {
+    /// Phase indices it applies to.
+    pub phases: Vec<usize>,
+    /// Period template.
+    pub period: Tmpl,
+    /// Status field with the start timestamp.
+    pub since: String,
+    /// Condition type recording the release.
+    pub marker: String,
+    /// Guard.
+    pub when: Option<Pred>,
+    /// What the guard and period read.
+    pub deps: Deps,
+    /// Release effects.
+    pub release: ActionRules,
+}
+
+/// Audit record base.
+#[derive(Debug, Clone)]
+pub struct AuditRules {
+    /// Field for the record id.
+    pub id_field: String,
+    /// Field for the record time.
+    pub time_field: String,
+    /// Base record.
+    pub record: Option<TmplTree>,
+}
+
+/// A simulated change to the execution object.
+#[derive(Debug, Clone)]
+pub struct SimulatedChangeRules {
+    /// Status merge patch.
+    pub status: Option<TmplTree>,
+    /// Objects that appear.
+    pub objects: Vec<TmplTree>,
+}
+
+/// How the execution object behaves in simulations.
+#[derive(Debug, Clone)]
+pub struct SimulationRules {
+    /// Applied after creation.
+    pub started: Option<SimulatedChangeRules>,
+    /// Named outcomes.
+    pub outcomes: Vec<(String, SimulatedChangeRules)>,
+}

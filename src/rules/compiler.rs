@@ -1,0 +1,361 @@
+//! The compiler: [`Sources`] → [`Rules`], collecting every problem with its place.
+//!
+//! [`compile`] is the whole pipeline, in order: the first serde pass ([`super::parse`]), the
+//! template files, one compiler per section of the rules file ([`super::sections`]), then the
+//! checks that need the whole rule set ([`super::checks`]) and the dependency analysis
+//! ([`super::deps`]). This file owns the [`Compiler`] state they share and the building blocks
+//! every section uses: templates, expressions, JSONPaths, durations, trees of templates.
+//! Compilation is a pure function of its sources: it reads no file, environment or clock.
+
+use super::compiled::TmplTree;
+use super::locate::{DocPath, SourceMap};
+use super::sources::Sources;
+use super::{LoadError, Problem, Rules};
+use crate::expr::{Path as JPath, Root};
+use crate::render::{RenderError, Templates, Tmpl};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Where a template is used, to decide which variables it may read.
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Scope {
+    /// Values, guards, validation, execution identity: no `vars`.
+    Plain,
+    /// Inside an action: `vars` allowed.
+    Action,
+    /// Inside a `where` filter: `item` allowed.
+    Item,
+    /// Simulation changes: `outcome` allowed.
+    Sim,
+}
+
+/// A template in use: its id, scope, place, and the action variables in scope there.
+pub(crate) type TemplateUse = (usize, Scope, DocPath, Option<BTreeSet<String>>);
+
+/// State shared by the stages of one compilation.
+pub(crate) struct Compiler<'a> {
+    /// The rules file as problems name it.
+    pub(crate) file: &'a str,
+    /// Positions of the rules file's keys and values.
+    pub(crate) map: SourceMap,
+    /// Every problem found so far.
+    pub(crate) problems: Vec<Problem>,
+    /// Templates compiled so far.
+    pub(crate) templates: Templates,
+    /// Every template in use, for the variable check.
+    pub(crate) uses: Vec<TemplateUse>,
+    /// Names of `values`, in order.
+    pub(crate) value_names: Vec<String>,
+    /// Names of `related`, in order.
+    pub(crate) related_names: Vec<String>,
+    /// Names of `settings`.
+    pub(crate) setting_names: Vec<String>,
+    /// Names of entries that failed to parse, so that references to them are not reported.
+    pub(crate) broken: BTreeSet<String>,
+}
+
+/// Compiles rules from their sources, `overrides` replacing settings (`NAME=VALUE`).
+pub(crate) fn compile(
+    sources: &Sources,
+    overrides: &[(String, String)],
+) -> Result<Rules, LoadError> {
+    let display = sources.file.display().to_string();
+    let mut c = Compiler {
+        file: &display,
+        map: SourceMap::default(),
+        problems: Vec::new(),
+        templates: Templates::new(),
+        uses: Vec::new(),
+        value_names: Vec::new(),
+        related_names: Vec::new(),
+        setting_names: Vec::new(),
+        broken: BTreeSet::new(),
+    };
+    let Some(raw) = c.parse(&sources.text) else {
+        return Err(invalid(c.problems, &display));
+    };
+    c.compile_templates(sources, &raw);
+    let rules = c.build(sources, raw, overrides);
+    if c.problems.is_empty() {
+        Ok(rules)
+    } else {
+        Err(invalid(c.problems, &display))
+    }
+}
+
+/// The problems in file order (the rules file first), without repeats.
+pub(crate) fn invalid(mut problems: Vec<Problem>, display: &str) -> LoadError {
+    problems.sort_by(|a, b| {
+        (a.file != display, &a.file, a.line, a.column).cmp(&(
+            b.file != display,
+            &b.file,
+            b.line,
+            b.column,
+        ))
+    });
+    problems.dedup();
+    LoadError::Invalid(problems)
+}
+
+impl Compiler<'_> {
+    /// Every section, in the order of the rules file, then the checks of the whole.
+    fn build(
+        &mut self,
+        sources: &Sources,
+        raw: super::model::RulesFile,
+        overrides: &[(String, String)],
+    ) -> Rules {
+        let settings = self.compile_settings(&raw.settings, overrides);
+        self.setting_names = raw.settings.keys().cloned().collect();
+        self.value_names = raw.values.keys().cloned().collect();
+        self.related_names = raw.related.keys().cloned().collect();
+        let resource = self.compile_resource(&raw.resource);
+        let execution = self.compile_execution(&raw.execution);
+        let related = self.compile_related(&raw.related);
+        let validation = self.compile_validation(&raw.validation);
+        let values = self.compile_values(&raw.values);
+        let (phases, initial) = self.compile_phases(&raw);
+        let phase_names: Vec<String> = raw.phases.keys().cloned().collect();
+        let cooldown = raw
+            .cooldown
+            .as_ref()
+            .map(|c| self.compile_cooldown(c, &phase_names, &raw));
+        let on_delete = raw
+            .on_delete
+            .as_ref()
+            .map(|a| self.compile_on_delete(a, &raw));
+        let audit = self.compile_audit(raw.audit.as_ref());
+        let simulation = raw.simulation.as_ref().map(|s| self.compile_simulation(s));
+        self.check_metrics(&raw.metrics);
+        let mut rules = Rules {
+            file: sources.file.clone(),
+            revision: revision(&sources.text, &sources.templates),
+            metrics: raw.metrics.clone(),
+            raw,
+            templates: std::mem::take(&mut self.templates),
+            settings,
+            resource,
+            execution,
+            related,
+            validation,
+            values,
+            phases,
+            initial,
+            cooldown,
+            on_delete,
+            audit,
+            simulation,
+        };
+        self.check_variables(&rules);
+        self.compute_deps(&mut rules);
+        self.check_graph(&rules);
+        rules
+    }
+
+    /// A problem at the value of `path` in the rules file.
+    pub(crate) fn problem(&mut self, path: &DocPath, message: impl Into<String>) {
+        let pos = self.map.value_pos(path);
+        self.problems.push(Problem {
+            file: self.file.to_string(),
+            line: pos.line,
+            column: pos.column,
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// A problem at the key of `path` in the rules file.
+    pub(crate) fn key_problem(&mut self, path: &DocPath, message: impl Into<String>) {
+        let pos = self.map.key_pos(path);
+        self.problems.push(Problem {
+            file: self.file.to_string(),
+            line: pos.line,
+            column: pos.column,
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    pub(crate) fn tmpl(
+        &mut self,
+        at: &DocPath,
+        source: &str,
+        scope: Scope,
+        vars: Option<&BTreeSet<String>>,
+    ) -> Tmpl {
+        match self.templates.compile(&at.to_string(), source) {
+            Ok(t) => {
+                if let Tmpl::Text(id) | Tmpl::Expr(id) = t {
+                    self.uses.push((id, scope, at.clone(), vars.cloned()));
+                }
+                t
+            }
+            Err(e) => {
+                self.template_error(at, &e);
+                Tmpl::Literal(Value::Null)
+            }
+        }
+    }
+
+    pub(crate) fn template_error(&mut self, at: &DocPath, e: &RenderError) {
+        self.problem(at, format!("template syntax error: {}", e.message));
+    }
+
+    pub(crate) fn value_tmpl(
+        &mut self,
+        at: &DocPath,
+        v: &Value,
+        scope: Scope,
+        vars: Option<&BTreeSet<String>>,
+    ) -> Tmpl {
+        match v {
+            Value::String(s) => self.tmpl(at, s, scope, vars),
+            other => Tmpl::Literal(other.clone()),
+        }
+    }
+
+    pub(crate) fn expr(&mut self, at: &DocPath, source: &str, scope: Scope) -> usize {
+        match self.templates.compile_expr(&at.to_string(), source) {
+            Ok(id) => {
+                self.uses.push((id, scope, at.clone(), None));
+                id
+            }
+            Err(e) => {
+                self.problem(at, format!("expression syntax error: {}", e.message));
+                usize::MAX
+            }
+        }
+    }
+
+    pub(crate) fn path(&mut self, at: &DocPath, source: &str, relative: bool) -> Option<JPath> {
+        let r = if relative {
+            JPath::relative(source)
+        } else {
+            JPath::rooted(source)
+        };
+        match r {
+            Ok(p) => {
+                let names = match p.root() {
+                    Some(Root::Values) => Some((&self.value_names, "value", "values")),
+                    Some(Root::Settings) => Some((&self.setting_names, "setting", "settings")),
+                    Some(Root::Related) => {
+                        Some((&self.related_names, "related object list", "related"))
+                    }
+                    _ => None,
+                };
+                if let (Some((known, what, section)), Some(key)) = (names, p.key())
+                    && !known.iter().any(|k| k == key)
+                    && !self.broken.contains(&format!("{section}.{key}"))
+                {
+                    let msg = format!(
+                        "`{source}` reads unknown {what} `{key}` (defined: {})",
+                        list_or_none(known)
+                    );
+                    self.problem(at, msg);
+                }
+                Some(p)
+            }
+            Err(e) => {
+                self.problem(at, e.to_string());
+                None
+            }
+        }
+    }
+
+    pub(crate) fn duration_tmpl(&mut self, at: &DocPath, source: &str, scope: Scope) -> Tmpl {
+        let t = self.tmpl(at, source, scope, None);
+        if let Tmpl::Literal(Value::String(s)) = &t
+            && let Err(e) = crate::time::parse_duration(s)
+        {
+            self.problem(at, e);
+        }
+        t
+    }
+
+    /// Predicates refer to durations by template id; literals become constant expressions.
+    pub(crate) fn tmpl_id_for_duration(&mut self, at: &DocPath, t: Tmpl, scope: Scope) -> usize {
+        match t {
+            Tmpl::Text(id) | Tmpl::Expr(id) => id,
+            Tmpl::Literal(v) => {
+                let lit = serde_json::to_string(&v).unwrap_or_else(|_| "\"0s\"".into());
+                self.expr(at, &lit, scope)
+            }
+        }
+    }
+
+    pub(crate) fn tree(
+        &mut self,
+        at: &DocPath,
+        v: &Value,
+        scope: Scope,
+        vars: Option<&BTreeSet<String>>,
+    ) -> TmplTree {
+        match v {
+            Value::Null => TmplTree::Remove,
+            Value::Object(m) => TmplTree::Map(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), self.tree(&at.key(k), v, scope, vars)))
+                    .collect(),
+            ),
+            Value::Array(items) => TmplTree::List(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| self.tree(&at.index(i), v, scope, vars))
+                    .collect(),
+            ),
+            other => TmplTree::Leaf(self.value_tmpl(at, other, scope, vars)),
+        }
+    }
+
+    pub(crate) fn check_api_version(&mut self, at: &DocPath, v: &str) {
+        let parts: Vec<_> = v.split('/').collect();
+        let ok = match parts.as_slice() {
+            [version] => !version.is_empty(),
+            [group, version] => !group.is_empty() && !version.is_empty(),
+            _ => false,
+        };
+        if !ok {
+            self.problem(
+                at,
+                format!("`{v}` is not an apiVersion (`group/version`, or `v1` for the core group)"),
+            );
+        }
+    }
+}
+
+/// Items joined with commas, or `none`.
+pub(crate) fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// A multi-line message (a regex error) on one line.
+pub(crate) fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Short content hash of the rules text and the template files that were read.
+fn revision(text: &str, templates: &BTreeMap<String, String>) -> String {
+    let mut h = Sha256::new();
+    h.update(text.as_bytes());
+    for (name, body) in templates {
+        h.update([0u8]);
+        h.update(name.as_bytes());
+        h.update([0u8]);
+        h.update(body.as_bytes());
+    }
+    h.finalize()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
