@@ -85,7 +85,7 @@ pub(crate) fn compile(
 }
 
 /// The problems in file order (the rules file first), without repeats.
-pub(crate) fn invalid(mut problems: Vec<Problem>, display: &str) -> LoadError {
+fn invalid(mut problems: Vec<Problem>, display: &str) -> LoadError {
     problems.sort_by(|a, b| {
         (a.file != display, &a.file, a.line, a.column).cmp(&(
             b.file != display,
@@ -177,6 +177,7 @@ impl Compiler<'_> {
         });
     }
 
+    /// A template string used in `scope` (`vars`: the action variables in scope there).
     pub(crate) fn tmpl(
         &mut self,
         at: &DocPath,
@@ -198,10 +199,12 @@ impl Compiler<'_> {
         }
     }
 
+    /// A template that does not compile.
     pub(crate) fn template_error(&mut self, at: &DocPath, e: &RenderError) {
         self.problem(at, format!("template syntax error: {}", e.message));
     }
 
+    /// A YAML value: strings are templates, anything else a literal.
     pub(crate) fn value_tmpl(
         &mut self,
         at: &DocPath,
@@ -215,6 +218,7 @@ impl Compiler<'_> {
         }
     }
 
+    /// An expression; its template id, or `usize::MAX` when it does not compile.
     pub(crate) fn expr(&mut self, at: &DocPath, source: &str, scope: Scope) -> usize {
         match self.templates.compile_expr(&at.to_string(), source) {
             Ok(id) => {
@@ -228,6 +232,7 @@ impl Compiler<'_> {
         }
     }
 
+    /// A JSONPath; a reference to an undefined value, setting or related list is a problem.
     pub(crate) fn path(&mut self, at: &DocPath, source: &str, relative: bool) -> Option<JPath> {
         let r = if relative {
             JPath::relative(source)
@@ -263,6 +268,7 @@ impl Compiler<'_> {
         }
     }
 
+    /// A duration template; a literal duration must parse.
     pub(crate) fn duration_tmpl(&mut self, at: &DocPath, source: &str, scope: Scope) -> Tmpl {
         let t = self.tmpl(at, source, scope, None);
         if let Tmpl::Literal(Value::String(s)) = &t
@@ -284,6 +290,7 @@ impl Compiler<'_> {
         }
     }
 
+    /// A tree of templates shaped like the JSON it produces (`null` removes a field).
     pub(crate) fn tree(
         &mut self,
         at: &DocPath,
@@ -309,6 +316,7 @@ impl Compiler<'_> {
         }
     }
 
+    /// `group/version`, or `version` for the core group.
     pub(crate) fn check_api_version(&mut self, at: &DocPath, v: &str) {
         let parts: Vec<_> = v.split('/').collect();
         let ok = match parts.as_slice() {

@@ -2,8 +2,8 @@
 //!
 //! Templates (their variables), predicates (their paths and templates) and value definitions are
 //! traced to indices into [`Rules::values`] and [`Rules::related`], so that the engine computes
-//! only what a step needs, and values in an order where each one's inputs come first. A cycle
-//! among values is a problem; it is broken so that evaluation can never loop.
+//! only what a step needs, a value's inputs before the value. A cycle among values is a problem;
+//! it is broken so that evaluation can never loop.
 
 use super::Rules;
 use super::compiled::{ActionRules, Deps, TmplTree, ValueKind};
