@@ -128,7 +128,17 @@ pub fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(args, rules)) {
+    // Bound before anything talks to the API server: a controller that cannot serve its probes
+    // and metrics would be restarted blind, or run unobserved, so it does not start at all.
+    let listener = match runtime.block_on(crate::runtime::server::bind(args.metrics_address)) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(address = %e.address, error = %e.source, "cannot serve /healthz, /readyz, /metrics");
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args, rules, listener)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "the controller stopped");
@@ -138,7 +148,11 @@ pub fn main(args: RunArgs) -> ExitCode {
     }
 }
 
-async fn run(args: RunArgs, rules: Arc<Rules>) -> Result<(), k8s::Error> {
+async fn run(
+    args: RunArgs,
+    rules: Arc<Rules>,
+    listener: tokio::net::TcpListener,
+) -> Result<(), k8s::Error> {
     tracing::info!(rules = %rules.file.display(), revision = %rules.revision, "rules loaded");
     let client = k8s::connect(args.context.as_deref()).await?;
     let metrics = Arc::new(Metrics::new());
@@ -179,8 +193,8 @@ async fn run(args: RunArgs, rules: Arc<Rules>) -> Result<(), k8s::Error> {
     let addr = args.metrics_address;
     let server_stop = stopped(stop_rx.clone());
     tokio::spawn(async move {
-        if let Err(e) = crate::runtime::server::serve(addr, server_state, server_stop).await {
-            tracing::error!(address = %addr, error = %e, "cannot serve /metrics");
+        if let Err(e) = crate::runtime::server::serve(listener, server_state, server_stop).await {
+            tracing::error!(address = %addr, error = %e, "serving /healthz, /readyz, /metrics failed");
         }
     });
     let identity = args

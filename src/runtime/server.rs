@@ -1,4 +1,7 @@
 //! `/healthz`, `/readyz` and `/metrics`.
+//!
+//! The address is bound first, on its own ([`bind`]), so that `lifecycle run` can refuse to start
+//! when it cannot serve: a controller nobody can probe or scrape must not reconcile.
 
 use crate::runtime::k8s::Readiness;
 use crate::runtime::metrics::Metrics;
@@ -23,9 +26,26 @@ pub struct ServerState {
     pub readiness: Arc<Readiness>,
 }
 
-/// Serves the endpoints until `shutdown` completes.
+/// The address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve /healthz, /readyz and /metrics on {address}: {source}")]
+pub struct BindError {
+    /// The address asked for.
+    pub address: SocketAddr,
+    /// Why not (in use, not an address of this machine, not permitted).
+    pub source: std::io::Error,
+}
+
+/// Binds the endpoints' address (port 0 picks a free one).
+pub async fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| BindError { address, source })
+}
+
+/// Serves the endpoints on a bound listener until `shutdown` completes.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     state: ServerState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -34,7 +54,6 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(address = %listener.local_addr()?, "serving /healthz, /readyz, /metrics");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

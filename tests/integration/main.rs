@@ -10,3 +10,4 @@ mod smoke;
 mod support;
 #[allow(dead_code)]
 mod tekton;
+mod walkthrough;
