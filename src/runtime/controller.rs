@@ -44,9 +44,36 @@ pub struct RunArgs {
     /// (records are POSTed to URL/api/v1/audit/events/batch); repeatable.
     #[arg(long = "audit", env = "LIFECYCLE_AUDIT", value_delimiter = ',')]
     pub audit: Vec<audit::Target>,
-    /// Audit records buffered before new ones are dropped (and counted).
-    #[arg(long, env = "LIFECYCLE_AUDIT_BUFFER", default_value_t = 10_000)]
-    pub audit_buffer: usize,
+    /// No longer used: records are never buffered nor dropped (a transition waits until its
+    /// record is accepted, see --audit-wait). Accepted so that old manifests keep working.
+    #[arg(long, env = "LIFECYCLE_AUDIT_BUFFER", hide = true)]
+    pub audit_buffer: Option<usize>,
+    /// How long a transition waits for its audit record to be accepted by every target; past
+    /// it the transition is not written and its reconcile is retried (the record is sent
+    /// again, with the same id).
+    #[arg(long, env = "LIFECYCLE_AUDIT_WAIT", default_value = "5s", value_parser = crate::time::parse_std_duration)]
+    pub audit_wait: Duration,
+    /// Timeout of one request to an HTTP audit endpoint.
+    #[arg(long, env = "LIFECYCLE_AUDIT_TIMEOUT", default_value = "10s", value_parser = crate::time::parse_std_duration)]
+    pub audit_timeout: Duration,
+    /// Longest wait between two attempts to deliver audit records (a Retry-After may ask for
+    /// more).
+    #[arg(long, env = "LIFECYCLE_AUDIT_MAX_BACKOFF", default_value = "10s", value_parser = crate::time::parse_std_duration)]
+    pub audit_max_backoff: Duration,
+    /// PEM bundle of certificate authorities trusted for https:// audit endpoints (besides
+    /// the built-in roots), e.g. a private CA.
+    #[arg(long, env = "LIFECYCLE_AUDIT_CA_FILE")]
+    pub audit_ca_file: Option<PathBuf>,
+    /// Timeout of one Kubernetes API request (watches excepted).
+    #[arg(long, env = "LIFECYCLE_API_TIMEOUT", default_value = "20s", value_parser = crate::time::parse_std_duration)]
+    pub api_timeout: Duration,
+    /// Timeout of connecting to the Kubernetes API (TLS handshake included).
+    #[arg(long, env = "LIFECYCLE_API_CONNECT_TIMEOUT", default_value = "5s", value_parser = crate::time::parse_std_duration)]
+    pub api_connect_timeout: Duration,
+    /// Length of one watch (the API server ends it and it is resumed); a watch silent 2 s
+    /// longer is dead and restarted.
+    #[arg(long, env = "LIFECYCLE_WATCH_TIMEOUT", default_value = "60s", value_parser = crate::time::parse_std_duration)]
+    pub watch_timeout: Duration,
     /// Elect a leader with a Lease; only the leader reconciles.
     #[arg(long, env = "LIFECYCLE_LEADER_ELECT")]
     pub leader_elect: bool,
@@ -59,9 +86,17 @@ pub struct RunArgs {
     /// This replica's identity (default: POD_NAME, else host name and process id).
     #[arg(long, env = "LIFECYCLE_IDENTITY")]
     pub identity: Option<String>,
-    /// Lease validity without renewal.
+    /// Lease validity without renewal. A standby takes the Lease only after seeing it
+    /// unchanged this long, on its own clock.
     #[arg(long, default_value = "15s", value_parser = crate::time::parse_std_duration)]
     pub lease_duration: Duration,
+    /// How long the leader keeps acting without a successful renewal; shorter than the lease
+    /// (default: two thirds of it). Past it the process stops writing and exits.
+    #[arg(long, value_parser = crate::time::parse_std_duration)]
+    pub lease_renew_deadline: Option<Duration>,
+    /// How often the leader renews and a standby retries (default: a seventh of the lease).
+    #[arg(long, value_parser = crate::time::parse_std_duration)]
+    pub lease_retry_period: Option<Duration>,
     /// This replica's shard (0-based); with --shard-count.
     #[arg(long, env = "LIFECYCLE_SHARD_INDEX", requires = "shard_count")]
     pub shard_index: Option<u32>,
@@ -154,8 +189,18 @@ async fn run(
     listener: tokio::net::TcpListener,
 ) -> Result<(), k8s::Error> {
     tracing::info!(rules = %rules.file.display(), revision = %rules.revision, "rules loaded");
-    let client = k8s::connect(args.context.as_deref()).await?;
     let metrics = Arc::new(Metrics::new());
+    let fence = if args.leader_elect {
+        k8s::Fence::closed()
+    } else {
+        k8s::Fence::open()
+    };
+    let timeouts = k8s::Timeouts {
+        connect: args.api_connect_timeout,
+        request: args.api_timeout,
+        watch: args.watch_timeout,
+    };
+    let clients = k8s::connect(args.context.as_deref(), &timeouts, fence, metrics.clone()).await?;
     metrics.declare(&rules);
     let (handle, reload_errors) = reload::start(
         rules.clone(),
@@ -167,14 +212,23 @@ async fn run(
         },
         metrics.clone(),
     );
+    if args.audit_buffer.is_some() {
+        tracing::warn!(
+            "--audit-buffer is no longer used: transitions wait for their audit records instead of buffering them"
+        );
+    }
     let audit = AuditSink::start(
         audit::Config {
             targets: args.audit.clone(),
-            buffer: args.audit_buffer,
+            wait: args.audit_wait,
+            request_timeout: args.audit_timeout,
+            max_backoff: args.audit_max_backoff,
+            ca_file: args.audit_ca_file.clone(),
             ..audit::Config::default()
         },
         metrics.clone(),
-    );
+    )
+    .map_err(|e| k8s::Error::Settings(e.to_string()))?;
     let readiness = Arc::new(Readiness::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -209,12 +263,13 @@ async fn run(
             )
         });
     k8s::report_reload_errors(
-        client.clone(),
+        clients.control.clone(),
         reload_errors,
         rules.resource.component.clone(),
         identity.clone(),
     );
     let shard = args.shard_index.zip(args.shard_count);
+    let (renew_deadline, retry_period) = LeaseConfig::defaults(args.lease_duration);
     let lease = args.leader_elect.then(|| LeaseConfig {
         namespace: args
             .lease_namespace
@@ -227,17 +282,23 @@ async fn run(
         }),
         identity: identity.clone(),
         duration: args.lease_duration,
-        renew: args.lease_duration / 3,
+        renew_deadline: args.lease_renew_deadline.unwrap_or(renew_deadline),
+        retry_period: args.lease_retry_period.unwrap_or(retry_period),
     });
+    if let Some(lease) = &lease {
+        lease.validate().map_err(k8s::Error::Settings)?;
+    }
     let settings = Settings {
         namespace: args.namespace.clone(),
         concurrency: args.concurrency.max(1),
         shard,
         instance: Some(identity),
         lease,
+        watch_timeout: args.watch_timeout,
+        audit_drain: args.audit_wait + Duration::from_secs(1),
     };
     k8s::run(
-        client,
+        clients,
         handle,
         settings,
         metrics,

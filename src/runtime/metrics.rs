@@ -50,10 +50,20 @@ pub struct Metrics {
     pub reloads: Family<Labels, Counter>,
     /// Kubernetes API requests made, by verb and kind.
     pub api_requests: Family<Labels, Counter>,
-    /// Audit records dropped because the buffer was full or delivery gave up.
-    pub audit_dropped: Counter,
-    /// Audit records delivered.
+    /// Audit records accepted by a target (each target counts).
     pub audit_delivered: Counter,
+    /// Audit records a target refused (4xx other than 401, 403, 404, 405, 407, 408, 429).
+    pub audit_rejected: Counter,
+    /// Failed attempts to hand a batch of audit records over (each is retried).
+    pub audit_retries: Counter,
+    /// Transitions held back because their audit record was not accepted in time.
+    pub audit_not_accepted: Counter,
+    /// Kubernetes API requests abandoned because they did not answer in time.
+    pub api_timeouts: Counter,
+    /// Watches restarted, by watch and reason (`stalled`, `error`).
+    pub watch_restarts: Family<Labels, Counter>,
+    /// Failed attempts to renew the leader Lease.
+    pub lease_renew_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -76,8 +86,13 @@ impl Metrics {
         let reconcile_seconds = Histogram::new([
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
         ]);
-        let audit_dropped = Counter::default();
         let audit_delivered = Counter::default();
+        let audit_rejected = Counter::default();
+        let audit_retries = Counter::default();
+        let audit_not_accepted = Counter::default();
+        let api_timeouts = Counter::default();
+        let watch_restarts = Family::<Labels, Counter>::default();
+        let lease_renew_failures = Counter::default();
         registry.register(
             "lifecycle_reconciles",
             "Reconciles by result",
@@ -105,14 +120,39 @@ impl Metrics {
             api_requests.clone(),
         );
         registry.register(
-            "lifecycle_audit_dropped",
-            "Audit records dropped (buffer full or delivery abandoned)",
-            audit_dropped.clone(),
+            "lifecycle_audit_delivered",
+            "Audit records accepted by a target",
+            audit_delivered.clone(),
         );
         registry.register(
-            "lifecycle_audit_delivered",
-            "Audit records delivered",
-            audit_delivered.clone(),
+            "lifecycle_audit_rejected",
+            "Audit records a target refused",
+            audit_rejected.clone(),
+        );
+        registry.register(
+            "lifecycle_audit_retries",
+            "Failed attempts to deliver a batch of audit records (retried)",
+            audit_retries.clone(),
+        );
+        registry.register(
+            "lifecycle_audit_not_accepted",
+            "Transitions held back because their audit record was not accepted in time",
+            audit_not_accepted.clone(),
+        );
+        registry.register(
+            "lifecycle_api_request_timeouts",
+            "Kubernetes API requests abandoned after their timeout",
+            api_timeouts.clone(),
+        );
+        registry.register(
+            "lifecycle_watch_restarts",
+            "Watches restarted, by watch and reason",
+            watch_restarts.clone(),
+        );
+        registry.register(
+            "lifecycle_lease_renew_failures",
+            "Failed attempts to renew the leader Lease",
+            lease_renew_failures.clone(),
         );
         Metrics {
             registry: Mutex::new(registry),
@@ -123,8 +163,13 @@ impl Metrics {
             reconcile_seconds,
             reloads,
             api_requests,
-            audit_dropped,
             audit_delivered,
+            audit_rejected,
+            audit_retries,
+            audit_not_accepted,
+            api_timeouts,
+            watch_restarts,
+            lease_renew_failures,
         }
     }
 

@@ -7,10 +7,12 @@
 //! decides again at once with what the API server returned, so a resource moves through
 //! several steps in one reconcile instead of waiting for its own watch events.
 
+mod client;
 mod lease;
 mod reconcile;
 
-pub use lease::LeaseConfig;
+pub use client::{Clients, Timeouts, connect, is_timeout};
+pub use lease::{Fence, LeaseConfig};
 
 use crate::rules::Rules;
 use crate::runtime::audit::AuditSink;
@@ -47,6 +49,9 @@ pub enum Error {
     /// The rules did not settle for a resource (an effect kept repeating).
     #[error("{0}")]
     Unsettled(String),
+    /// The settings cannot work.
+    #[error("{0}")]
+    Settings(String),
 }
 
 impl Error {
@@ -58,6 +63,7 @@ impl Error {
             Error::Api(_) => "ApiError",
             Error::Connect(_) => "Connect",
             Error::Unsettled(_) => crate::engine::drive::Unsettled::CATEGORY,
+            Error::Settings(_) => "Settings",
         }
     }
 }
@@ -76,6 +82,10 @@ pub struct Settings {
     pub instance: Option<String>,
     /// Leader election.
     pub lease: Option<LeaseConfig>,
+    /// Server-side length of one watch (its long poll).
+    pub watch_timeout: Duration,
+    /// How long shutdown waits for audit records already handed over.
+    pub audit_drain: Duration,
 }
 
 /// Shared state of every reconcile.
@@ -101,22 +111,6 @@ pub struct Readiness {
     pub leading: AtomicBool,
 }
 
-/// Connects to the cluster from the kubeconfig (`KUBECONFIG`, or in-cluster).
-pub async fn connect(context: Option<&str>) -> Result<Client, Error> {
-    let options = kube::config::KubeConfigOptions {
-        context: context.map(str::to_string),
-        ..Default::default()
-    };
-    let config = match kube::Config::from_kubeconfig(&options).await {
-        Ok(c) => c,
-        Err(kubeconfig_err) => match kube::Config::incluster() {
-            Ok(c) => c,
-            Err(_) => return Err(Error::Connect(kubeconfig_err.to_string())),
-        },
-    };
-    Client::try_from(config).map_err(|e| Error::Connect(e.to_string()))
-}
-
 /// Finds the API resource of a kind, with a message that says what to install when missing.
 pub async fn resolve(
     client: &Client,
@@ -139,7 +133,7 @@ pub async fn resolve(
 
 /// Runs the controller until shutdown. Returns when the shutdown future completes.
 pub async fn run(
-    client: Client,
+    clients: Clients,
     rules: RulesHandle,
     settings: Settings,
     metrics: Arc<Metrics>,
@@ -148,15 +142,17 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
     let current = rules.current();
+    // discovery happens before this replica may act: the control client is never fenced
+    let control = clients.control.clone();
     let resource_ar = resolve(
-        &client,
+        &control,
         &current.resource.api_version,
         &current.resource.kind,
         "resource",
     )
     .await?;
     let execution_ar = resolve(
-        &client,
+        &control,
         &current.execution.api_version,
         &current.execution.kind,
         "execution object",
@@ -172,7 +168,7 @@ pub async fn run(
     );
     for r in &current.related {
         let ar = resolve(
-            &client,
+            &control,
             &r.api_version,
             &r.kind,
             &format!("related list `{}`", r.name),
@@ -181,11 +177,16 @@ pub async fn run(
         kinds.insert((r.api_version.clone(), r.kind.clone()), ar);
     }
 
+    let mut release = None;
     if let Some(lease) = &settings.lease {
-        lease::acquire(&client, lease).await?;
-        lease::keep(client.clone(), lease.clone());
+        let mut elector = lease::Elector::new(control.clone(), lease.clone());
+        elector.acquire(&clients.fence).await;
+        elector.keep(clients.fence.clone(), metrics.clone());
+        release = Some(lease::Elector::new(control.clone(), lease.clone()));
     }
     readiness.leading.store(true, Ordering::SeqCst);
+    let client = clients.acting.clone();
+    let watch_timeout = u32::try_from(settings.watch_timeout.as_secs().max(1)).unwrap_or(290);
 
     let resources: Api<DynamicObject> = match &settings.namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &resource_ar),
@@ -204,9 +205,15 @@ pub async fn run(
     let exec_stream = reflector::reflector(
         exec_writer,
         // trimmed before the cache stores them
-        watcher(exec_api, watcher::Config::default().labels(&exec_selector))
-            .modify(|o| o.metadata.managed_fields = None)
-            .default_backoff(),
+        watcher(
+            exec_api,
+            watcher::Config::default()
+                .labels(&exec_selector)
+                .timeout(watch_timeout),
+        )
+        .inspect(count_restarts(metrics.clone(), "execution"))
+        .modify(|o| o.metadata.managed_fields = None)
+        .default_backoff(),
     )
     .touched_objects();
     let resource_dyntype = resource_ar.clone();
@@ -238,7 +245,7 @@ pub async fn run(
         kinds: std::sync::Mutex::new(kinds),
         executions: exec_store.clone(),
         metrics: metrics.clone(),
-        audit,
+        audit: audit.clone(),
         recorder,
         shard: settings.shard,
         failures: std::sync::Mutex::new(HashMap::new()),
@@ -247,9 +254,19 @@ pub async fn run(
     // every swap of the rules reconciles every resource once
     let mut swaps = rules.subscribe();
     let (reconcile_all_tx, reconcile_all_rx) = futures::channel::mpsc::unbounded::<()>();
+    let audit_tx = reconcile_all_tx.clone();
     tokio::spawn(async move {
         while swaps.changed().await.is_ok() {
             if reconcile_all_tx.unbounded_send(()).is_err() {
+                return;
+            }
+        }
+    });
+    // transitions held back while an audit target was failing go on at once when it recovers
+    let mut recovered = audit.recovered();
+    tokio::spawn(async move {
+        while recovered.changed().await.is_ok() {
+            if audit_tx.unbounded_send(()).is_err() {
                 return;
             }
         }
@@ -260,7 +277,8 @@ pub async fn run(
     let resource_store = resource_writer.as_reader();
     let resource_stream = reflector::reflector(
         resource_writer,
-        watcher(resources, watcher::Config::default())
+        watcher(resources, watcher::Config::default().timeout(watch_timeout))
+            .inspect(count_restarts(metrics.clone(), "resource"))
             .modify(|o| o.metadata.managed_fields = None)
             .default_backoff(),
     )
@@ -292,10 +310,35 @@ pub async fn run(
             }
         })
         .await;
-    if let Some(lease) = &settings.lease {
-        lease::release(&client, lease).await;
+    // the reconciles are done; what they handed to audit is delivered, then nothing more is
+    // written by this process before the Lease is given up
+    audit.close(settings.audit_drain).await;
+    clients.fence.close();
+    if let Some(mut elector) = release {
+        elector.release().await;
     }
     Ok(())
+}
+
+/// Counts each failure of a watch (after which the watcher restarts it, from its last
+/// resourceVersion or with a new list): `stalled` when the connection went silent.
+fn count_restarts<K>(
+    metrics: Arc<Metrics>,
+    watch: &'static str,
+) -> impl Fn(&Result<watcher::Event<K>, watcher::Error>) {
+    move |event| {
+        if let Err(e) = event {
+            let reason = if is_timeout(e) { "stalled" } else { "error" };
+            metrics
+                .watch_restarts
+                .get_or_create(&vec![
+                    ("watch".to_string(), watch.to_string()),
+                    ("reason".to_string(), reason.to_string()),
+                ])
+                .inc();
+            tracing::warn!(watch, reason, error = %e, "watch failed; restarting it");
+        }
+    }
 }
 
 /// The execution namespace when the rules compute it without the resource (settings only).

@@ -385,7 +385,12 @@ async fn carry_out(w: &mut Cluster<'_>, effect: &Effect) -> Result<Outcome<Error
                 ctx.metrics.error("EventFailed");
             }
         }
-        Effect::Audit { record } => ctx.audit.send(record.clone()),
+        // accepted by every audit target before the status write that makes the transition
+        Effect::Audit { record } => ctx
+            .audit
+            .deliver(record.clone())
+            .await
+            .map_err(|e| Error::Transient(e.to_string()))?,
         Effect::Metric(m) => ctx.metrics.record(m),
     }
     Ok(Outcome::Done)
