@@ -4,6 +4,8 @@
 mod controller;
 mod deploy;
 mod faults;
+mod partition;
+mod proxy;
 mod smoke;
 // Helpers not every test uses.
 #[allow(dead_code)]

@@ -239,8 +239,14 @@ impl Elector {
         }
     }
 
-    /// Tries once to take or renew the Lease.
-    async fn try_acquire_or_renew(&mut self) -> Result<Attempt, Error> {
+    /// Tries once to take or renew the Lease. A leader passes its fence: once it has lapsed,
+    /// the leader does not renew (it has stopped acting; it may only start over as a
+    /// candidate), so a leader resumed after a pause sends nothing before it exits.
+    async fn try_acquire_or_renew(&mut self, leading: Option<&Fence>) -> Result<Attempt, Error> {
+        let lapsed = || Error::Transient("the renew deadline has passed".into());
+        if leading.is_some_and(|f| !f.allows()) {
+            return Err(lapsed());
+        }
         let duration = i32::try_from(self.cfg.duration.as_secs().max(1)).unwrap_or(15);
         let now = MicroTime(jiff::Timestamp::now());
         let current = self
@@ -291,6 +297,9 @@ impl Elector {
             next.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
         }
         lease.spec = Some(next);
+        if leading.is_some_and(|f| !f.allows()) {
+            return Err(lapsed());
+        }
         let sent = Instant::now();
         // replace carries the resourceVersion: two candidates cannot both win
         match self
@@ -314,7 +323,7 @@ impl Elector {
     pub async fn acquire(&mut self, fence: &Fence) {
         let mut logged = false;
         loop {
-            match self.try_acquire_or_renew().await {
+            match self.try_acquire_or_renew(None).await {
                 Ok(Attempt::Held(sent)) => {
                     fence.extend_to(sent + self.cfg.renew_deadline);
                     tracing::info!(lease = %self.lease_name(), identity = %self.cfg.identity, "became the leader");
@@ -343,7 +352,7 @@ impl Elector {
                     // closed at shutdown, or expired (the watchdog exits the process)
                     return;
                 }
-                match self.try_acquire_or_renew().await {
+                match self.try_acquire_or_renew(Some(&fence)).await {
                     Ok(Attempt::Held(sent)) => fence.extend_to(sent + self.cfg.renew_deadline),
                     Ok(Attempt::Other(holder)) => {
                         fence.close();
