@@ -1,6 +1,7 @@
 //! The integration tests: one test binary, run against a real kube-apiserver and etcd. See
 //! `support` for how the control plane is found or started, and docs/testing.md.
 
+mod audit_delivery;
 mod controller;
 mod deploy;
 mod faults;

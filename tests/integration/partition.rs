@@ -56,11 +56,15 @@ fn spawn(s: &Scope, label: &str, args: &[String], kubeconfig: Option<&Path>) -> 
 async fn wait_standing_by(p: &mut ControllerProcess) {
     p.wait_serving().await;
     let label = p.label.clone();
-    eventually(Duration::from_secs(30), &format!("{label} to stand by"), || async {
-        p.log()
-            .contains("another replica leads; standing by")
-            .then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        &format!("{label} to stand by"),
+        || async {
+            p.log()
+                .contains("another replica leads; standing by")
+                .then_some(())
+        },
+    )
     .await;
 }
 
@@ -86,17 +90,18 @@ async fn wait_holder(s: &Scope, lease_ns: &str, identity: &str) -> SystemTime {
         || async { lease(s, lease_ns).await.filter(|l| holder(l) == identity) },
     )
     .await;
-    let at = l
-        .spec
-        .and_then(|s| s.acquire_time)
-        .expect("acquireTime")
-        .0;
+    let at = l.spec.and_then(|s| s.acquire_time).expect("acquireTime").0;
     SystemTime::UNIX_EPOCH + Duration::from_micros(at.as_microsecond() as u64)
 }
 
 /// Plays Tekton for one lifecycle: once the run exists, starts it, then succeeds it after
 /// `hold`. Every step retries, so it rides through takeovers.
 async fn play(s: &Scope, target: &str, hold: Duration) {
+    play_to(s, target, hold, true).await
+}
+
+/// Like [`play`], ending the run succeeded or failed.
+pub async fn play_to(s: &Scope, target: &str, hold: Duration, succeed: bool) {
     let run = run_name(target);
     let started = eventually(Duration::from_secs(90), &format!("run {run}"), || async {
         s.run(&run).await.map(|_| tekton::now())
@@ -115,9 +120,9 @@ async fn play(s: &Scope, target: &str, hold: Duration) {
         tekton::pipelinerun_finished(
             &run,
             &[],
-            "True",
-            "Succeeded",
-            "done",
+            if succeed { "True" } else { "False" },
+            if succeed { "Succeeded" } else { "Failed" },
+            if succeed { "done" } else { "task failed" },
             &started,
             &tekton::now(),
         ),
@@ -214,7 +219,9 @@ async fn a_partitioned_leader_stops_before_the_standby_takes_over_and_nothing_la
     }
     // the old leader sent nothing that reached the API server after the new leader took over,
     // nor anything at all once the partition healed
-    let last = proxy.last_upstream_write().expect("a wrote through the proxy");
+    let last = proxy
+        .last_upstream_write()
+        .expect("a wrote through the proxy");
     assert!(
         last < acquired,
         "a's last byte reached the API server {:?} after b acquired the Lease",
@@ -228,7 +235,12 @@ async fn a_partitioned_leader_stops_before_the_standby_takes_over_and_nothing_la
     }
     assert!(s.run_list().await.is_empty(), "every lock released");
     // the old leader, restarted, stands by
-    let mut again = spawn(&s, "a-again", &replica_args(&s, "a", &lease_ns), Some(&through));
+    let mut again = spawn(
+        &s,
+        "a-again",
+        &replica_args(&s, "a", &lease_ns),
+        Some(&through),
+    );
     wait_standing_by(&mut again).await;
     let (code, body) = again.readyz().await.expect("/readyz");
     assert_eq!(code, 200, "{body}");
@@ -268,7 +280,12 @@ async fn a_leader_paused_past_its_lease_sends_nothing_when_it_resumes() {
     wait_standing_by(&mut b).await;
 
     let lifecycles: Vec<(String, String)> = (0..4)
-        .map(|i| (unique_name("paused"), format!("default/deployment/paused-{i}")))
+        .map(|i| {
+            (
+                unique_name("paused"),
+                format!("default/deployment/paused-{i}"),
+            )
+        })
         .collect();
     for (name, target) in &lifecycles {
         s.create_wfe(name, target).await;
@@ -302,8 +319,13 @@ async fn a_leader_paused_past_its_lease_sends_nothing_when_it_resumes() {
         0,
         "the resumed leader sent something"
     );
-    let last = proxy.last_upstream_write().expect("a wrote through the proxy");
-    assert!(last < acquired, "a's last byte came after b acquired the Lease");
+    let last = proxy
+        .last_upstream_write()
+        .expect("a wrote through the proxy");
+    assert!(
+        last < acquired,
+        "a's last byte came after b acquired the Lease"
+    );
     assert!(b.is_running());
     println!(
         "figures: paused at +0 s; new leader acquired at +{} s; resumed at +{} s; the resumed leader sent 0 bytes and exited",
@@ -359,11 +381,16 @@ async fn a_hung_request_times_out_is_retried_and_nothing_stalls() {
     let metrics = ctl.metrics().await;
     let timeouts = support::metric_value(&metrics, "lifecycle_api_request_timeouts_total");
     assert!(timeouts >= 1.0, "{metrics}");
-    let stalled = metric_sum(&metrics, "lifecycle_watch_restarts_total", "reason=\"stalled\"");
+    let stalled = metric_sum(
+        &metrics,
+        "lifecycle_watch_restarts_total",
+        "reason=\"stalled\"",
+    );
     assert!(stalled >= 1.0, "{metrics}");
     // the watches are back: a new resource runs at once
     let name = unique_name("after");
-    s.create_wfe(&name, "default/deployment/after-the-heal").await;
+    s.create_wfe(&name, "default/deployment/after-the-heal")
+        .await;
     s.wait_phase(&name, "Running").await;
     assert!(ctl.is_running());
     assert!(!ctl.log().contains("panicked"));

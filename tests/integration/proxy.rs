@@ -19,12 +19,15 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+/// When bytes were forwarded to the API server, and how many.
+type Forwarded = Arc<Mutex<Vec<(SystemTime, usize)>>>;
+
 /// One proxy; dropping it stops accepting (open connections live on until their ends close).
 pub struct Proxy {
     /// Where clients connect.
     pub addr: SocketAddr,
     open: watch::Sender<bool>,
-    upstream: Arc<Mutex<Vec<(SystemTime, usize)>>>,
+    upstream: Forwarded,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -155,7 +158,7 @@ async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     mut open: watch::Receiver<bool>,
-    log: Option<Arc<Mutex<Vec<(SystemTime, usize)>>>>,
+    log: Option<Forwarded>,
     verdict: Arc<Verdict>,
     kill_tx: watch::Sender<bool>,
     mut kill: watch::Receiver<bool>,
