@@ -4,6 +4,8 @@
 //! 0 success, 1 the input is wrong (invalid rules, failing tests), 2 the input is unusable
 //! (a file that cannot be read, bad arguments).
 
+mod crd_files;
+
 use crate::engine::Effect;
 use crate::offline::simulate;
 use crate::rules::{LoadError, Rules};
@@ -35,6 +37,14 @@ enum Command {
         /// Override a setting (NAME=VALUE), as a deployment would.
         #[arg(long = "set", value_parser = crate::rules::parse_setting)]
         set: Vec<(String, String)>,
+        /// CRD file(s) (YAML, several documents allowed) to check the status the rules write
+        /// against. Default: the CRDs in `deploy/crds/` next to the rules file or in a folder
+        /// above it, when one of them defines the governed kind.
+        #[arg(long = "crd")]
+        crd: Vec<PathBuf>,
+        /// Do not check against any CRD, not even those found in `deploy/crds/`.
+        #[arg(long = "no-crd", conflicts_with = "crd")]
+        no_crd: bool,
     },
     /// Print the JSON Schema of the rules file.
     Schema,
@@ -122,7 +132,13 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => crate::runtime::controller::main(*args),
-        Command::Check { file, format, set } => check(&file, format, &set),
+        Command::Check {
+            file,
+            format,
+            set,
+            crd,
+            no_crd,
+        } => check(&file, format, &set, &crd, no_crd),
         Command::Schema => {
             print!("{}", crate::rules::json_schema());
             ExitCode::SUCCESS
@@ -170,18 +186,61 @@ pub fn load(file: &Path, set: &[(String, String)]) -> Result<Rules, ExitCode> {
     })
 }
 
-fn check(file: &Path, format: Format, set: &[(String, String)]) -> ExitCode {
-    let result = Rules::load(file, set);
+fn check(
+    file: &Path,
+    format: Format,
+    set: &[(String, String)],
+    crd: &[PathBuf],
+    no_crd: bool,
+) -> ExitCode {
+    let (files, found) = if no_crd {
+        (Vec::new(), false)
+    } else if crd.is_empty() {
+        (crd_files::default_crds(file), true)
+    } else {
+        (crd.to_vec(), false)
+    };
+    let mut checked_against = None;
+    let result = Rules::load(file, set).and_then(|r| {
+        if files.is_empty() {
+            return Ok(r);
+        }
+        match crd_files::kind_schema(&files, &r.resource.api_version, &r.resource.kind) {
+            Ok(Some(schema)) => {
+                r.check_schema(&schema)?;
+                checked_against = Some(schema.source);
+                Ok(r)
+            }
+            // CRDs found by default that do not define this kind: nothing to check against
+            Ok(None) if found => Ok(r),
+            Ok(None) => Err(LoadError::Unusable {
+                file: files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                message: format!(
+                    "no CustomResourceDefinition of {} {} in the --crd files",
+                    r.resource.api_version, r.resource.kind
+                ),
+            }),
+            Err(e) => Err(e),
+        }
+    });
     match (format, result) {
         (Format::Text, Ok(r)) => {
             println!(
-                "{}: valid (revision {}; {} phases, {} transitions, {} values, {} validation rules)",
+                "{}: valid (revision {}; {} phases, {} transitions, {} values, {} validation rules{})",
                 file.display(),
                 r.revision,
                 r.phases.len(),
                 r.phases.iter().map(|p| p.transitions.len()).sum::<usize>(),
                 r.values.len(),
-                r.validation.len()
+                r.validation.len(),
+                checked_against
+                    .as_ref()
+                    .map(|s| format!("; status checked against {s}"))
+                    .unwrap_or_default()
             );
             ExitCode::SUCCESS
         }
@@ -192,7 +251,7 @@ fn check(file: &Path, format: Format, set: &[(String, String)]) -> ExitCode {
         (Format::Json, Ok(r)) => {
             println!(
                 "{}",
-                json!({"file": file.display().to_string(), "valid": true, "revision": r.revision, "problems": []})
+                json!({"file": file.display().to_string(), "valid": true, "revision": r.revision, "crd": checked_against, "problems": []})
             );
             ExitCode::SUCCESS
         }

@@ -76,8 +76,9 @@ pub(crate) fn compile(
         return Err(invalid(c.problems, &display));
     };
     c.compile_templates(sources, &raw);
-    let rules = c.build(sources, raw, overrides);
+    let mut rules = c.build(sources, raw, overrides);
     if c.problems.is_empty() {
+        rules.locations = std::mem::take(&mut c.map);
         Ok(rules)
     } else {
         Err(invalid(c.problems, &display))
@@ -146,6 +147,7 @@ impl Compiler<'_> {
             on_delete,
             audit,
             simulation,
+            locations: SourceMap::default(),
         };
         self.check_variables(&rules);
         self.compute_deps(&mut rules);

@@ -47,14 +47,35 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Loads rules on a separate thread; a panic or a load slower than [`LOAD_TIME_LIMIT`] is an
-/// error naming the file.
+/// error naming the file. A fixture `NAME.yaml` with a CRD in `_crds/NAME.yaml` next to it is
+/// also checked against that CRD's schema, as `lifecycle check --crd` does.
 fn load_guarded(
     file: &Path,
     overrides: &[(String, String)],
 ) -> Result<Result<Rules, LoadError>, String> {
     let f = file.to_path_buf();
     let o = overrides.to_vec();
-    guarded(&file.display().to_string(), move || Rules::load(&f, &o))
+    let crd = file
+        .parent()
+        .zip(file.file_name())
+        .map(|(dir, name)| dir.join("_crds").join(name))
+        .filter(|p| p.is_file());
+    guarded(&file.display().to_string(), move || {
+        let rules = Rules::load(&f, &o)?;
+        if let Some(crd) = crd {
+            let text = std::fs::read_to_string(&crd).expect("readable CRD fixture");
+            let doc: serde_json::Value = serde_yaml::from_str(&text).expect("a CRD document");
+            let schema = super::find_kind_schema(
+                &[("the fixture's CRD".into(), doc)],
+                &rules.resource.api_version,
+                &rules.resource.kind,
+            )
+            .expect("the CRD serves the version")
+            .expect("the CRD defines the kind");
+            rules.check_schema(&schema)?;
+        }
+        Ok(rules)
+    })
 }
 
 /// Compiles in-memory sources on a separate thread, like [`load_guarded`].
@@ -209,6 +230,43 @@ fn invalid_fixtures_report_exactly_the_pinned_problems() {
         "{} invalid fixture(s) differ (set LIFECYCLE_BLESS=1 to rewrite, then review):\n\n{}",
         failures.len(),
         failures.join("\n")
+    );
+}
+
+#[test]
+fn the_default_lifecycle_fits_the_shipped_crd() {
+    let rules = Rules::load(&root().join("lifecycle.yaml"), &[]).expect("default rules load");
+    let text = std::fs::read_to_string(root().join("deploy/crds/workflowexecution.yaml"))
+        .expect("the shipped CRD");
+    let doc: serde_json::Value = serde_yaml::from_str(&text).expect("a CRD document");
+    let schema = super::find_kind_schema(
+        &[("deploy/crds/workflowexecution.yaml".into(), doc)],
+        &rules.resource.api_version,
+        &rules.resource.kind,
+    )
+    .expect("the CRD serves the rules' version")
+    .expect("the CRD defines the governed kind");
+    if let Err(e) = rules.check_schema(&schema) {
+        panic!("{e}");
+    }
+    // and the same CRD without a field the rules write is refused, at the place that writes it
+    let mut trimmed = schema.clone();
+    if let Some(props) = trimmed
+        .schema
+        .as_mut()
+        .and_then(|s| s.pointer_mut("/properties/status/properties"))
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        props.remove("pipelineRunStatus");
+    }
+    let problems = rules
+        .check_schema(&trimmed)
+        .expect_err("pruned field")
+        .problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(
+        problems[0].path,
+        "phases.Running.sync.status.pipelineRunStatus"
     );
 }
 

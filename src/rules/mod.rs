@@ -20,6 +20,7 @@ mod checks;
 mod compile_tests;
 mod compiled;
 mod compiler;
+mod crd;
 mod deps;
 #[cfg(test)]
 mod fixture_tests;
@@ -36,6 +37,7 @@ pub use compiled::{
     MatcherRules, MetricRules, PhaseRules, RelatedRules, ResourceRules, SimulatedChangeRules,
     SimulationRules, TableRules, TmplTree, TransitionRules, ValidationRules, ValueKind, ValueRules,
 };
+pub use crd::{KindSchema, find_kind_schema, status_problems};
 pub use schema::json_schema;
 pub use sources::{MAX_FILE_BYTES, Sources, read_limited};
 
@@ -161,6 +163,8 @@ pub struct Rules {
     pub metrics: IndexMap<String, MetricSpec>,
     /// Simulation behaviour of the execution object.
     pub simulation: Option<SimulationRules>,
+    /// Positions in the rules file, for checks made after loading (against a CRD).
+    pub(crate) locations: locate::SourceMap,
 }
 
 impl Rules {
