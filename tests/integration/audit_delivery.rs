@@ -4,7 +4,7 @@
 //! invented: after de-duplication by `event_id`, each resource has exactly the records its final
 //! status says it went through.
 //!
-//! Sizes come from the environment (`LIFECYCLE_FAULT_AUDIT_BACKLOG`, default 300 resources
+//! Sizes come from the environment (`LIFECYCLE_FAULT_AUDIT_BACKLOG`, default 200 resources
 //! failing validation, each one record, created while the receiver is down;
 //! `LIFECYCLE_FAULT_KILLS`, default 4). docs/reliability.md has the figures of larger runs.
 
@@ -202,7 +202,7 @@ async fn phases(s: &Scope) -> HashMap<String, String> {
 async fn every_transition_is_audited_through_kills_an_endpoint_outage_and_a_backlog() {
     let s = Scope::new("audit-faults").await;
     let mut receiver = Receiver::start().await;
-    let backlog = size("LIFECYCLE_FAULT_AUDIT_BACKLOG", 300);
+    let backlog = size("LIFECYCLE_FAULT_AUDIT_BACKLOG", 200);
     let kills = size("LIFECYCLE_FAULT_KILLS", 4);
     let args = {
         let mut a = s.run_args(&support::repo_root().join("lifecycle.yaml"), "2s");
@@ -229,7 +229,7 @@ async fn every_transition_is_audited_through_kills_an_endpoint_outage_and_a_back
     processes[0].wait_ready().await;
 
     // 1. lifecycles, the controller killed right after status writes
-    let lifecycles: Vec<(String, String, bool)> = (0..8)
+    let lifecycles: Vec<(String, String, bool)> = (0..kills.max(4) * 2)
         .map(|i| {
             (
                 unique_name("killed"),
@@ -244,29 +244,40 @@ async fn every_transition_is_audited_through_kills_an_endpoint_outage_and_a_back
     let players = futures::future::join_all(
         lifecycles
             .iter()
-            .map(|(_, t, ok)| play_to(&s, t, Duration::from_millis(700), *ok)),
+            .map(|(_, t, ok)| play_to(&s, t, Duration::from_secs(2), *ok)),
     );
     let killer = async {
         let mut processes = processes;
-        for k in 0..kills {
+        let mut killed = 0;
+        'kills: while killed < kills {
             let before = phases(&s).await;
             // aimed: the moment a status write shows, the process dies
-            eventually(Duration::from_secs(60), "a status write", || async {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
                 let now = phases(&s).await;
-                now.iter()
-                    .any(|(n, p)| before.get(n) != Some(p))
-                    .then_some(())
-            })
-            .await;
+                if now.iter().any(|(n, p)| before.get(n) != Some(p)) {
+                    break;
+                }
+                if lifecycles.iter().all(|(n, _, _)| {
+                    matches!(now.get(n).map(String::as_str), Some("Completed" | "Failed"))
+                }) {
+                    // every lifecycle has ended: no status write left to aim at
+                    break 'kills;
+                }
+                assert!(Instant::now() < deadline, "no status write for 60 s");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             processes.last_mut().unwrap().kill();
+            killed += 1;
             let mut next =
-                ControllerProcess::spawn(s.env, s.dir.path(), &format!("ctl-{}", k + 1), &args);
+                ControllerProcess::spawn(s.env, s.dir.path(), &format!("ctl-{killed}"), &args);
             next.wait_ready().await;
             processes.push(next);
         }
-        processes
+        (processes, killed)
     };
-    let (_, processes) = tokio::join!(players, killer);
+    let (_, (processes, kills)) = tokio::join!(players, killer);
+    assert!(kills >= 1, "no kill landed");
     let mut ctl = processes.into_iter().last().unwrap();
     let killed_by = started.elapsed();
 
@@ -310,8 +321,9 @@ async fn every_transition_is_audited_through_kills_an_endpoint_outage_and_a_back
         .chain(late.iter().map(|(n, _)| n.clone()))
         .chain(invalid.iter().cloned())
         .collect();
+    // a generous deadline, growing with the backlog (the machine's API server sets the pace)
     let finals: HashMap<String, Value> = eventually(
-        Duration::from_secs(120),
+        Duration::from_secs(120 + backlog as u64 / 4),
         "every resource in its terminal phase, locks released",
         || async {
             let list = s
@@ -392,4 +404,76 @@ async fn every_transition_is_audited_through_kills_an_endpoint_outage_and_a_back
         created_in.as_secs_f64(),
         settled.as_secs_f64(),
     );
+}
+
+/// The test control plane's CA (a private one) as PEM, and the API server's URL.
+fn private_ca(s: &Scope) -> (std::path::PathBuf, String) {
+    let text = std::fs::read_to_string(s.env.kubeconfig()).expect("the kubeconfig");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+    let cluster = &doc["clusters"][0]["cluster"];
+    let data = cluster["certificate-authority-data"]
+        .as_str()
+        .expect("certificate-authority-data");
+    let decoded = std::process::Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(data.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("base64 -d");
+    let path = s.dir.path().join("private-ca.pem");
+    std::fs::write(&path, decoded.stdout).expect("writing the CA");
+    let server = cluster["server"].as_str().expect("server").to_string();
+    (path, server)
+}
+
+#[tokio::test]
+async fn an_https_endpoint_signed_by_a_private_ca_is_reached_with_the_ca_file_only() {
+    let s = Scope::new("audit-ca").await;
+    // the API server plays the endpoint: its certificate is signed by the control plane's own
+    // CA, and it answers the POST (with a 401 or 403, which delivery retries)
+    let (ca, url) = private_ca(&s);
+    let run = |label: &str, with_ca: bool| {
+        let mut args = s.run_args(&support::repo_root().join("lifecycle.yaml"), "1h");
+        args.extend(["--audit", &url, "--audit-wait", "1s"].map(String::from));
+        if with_ca {
+            args.extend(["--audit-ca-file".to_string(), ca.display().to_string()]);
+        }
+        ControllerProcess::spawn(s.env, s.dir.path(), label, &args)
+    };
+    let mut trusted = run("trusted", true);
+    trusted.wait_ready().await;
+    let name = unique_name("ca");
+    s.create(&name, wfe_body("")).await;
+    let answered = |p: &ControllerProcess| {
+        p.log()
+            .lines()
+            .find(|l| l.contains("audit delivery failed"))
+            .map(str::to_string)
+    };
+    let line = eventually(Duration::from_secs(30), "a delivery attempt", || async {
+        answered(&trusted)
+    })
+    .await;
+    assert!(line.contains("endpoint answered 40"), "{line}");
+    trusted.kill();
+    let mut untrusted = run("untrusted", false);
+    untrusted.wait_ready().await;
+    let line = eventually(Duration::from_secs(30), "a delivery attempt", || async {
+        answered(&untrusted)
+    })
+    .await;
+    assert!(line.contains("endpoint unreachable"), "{line}");
+    assert!(line.to_lowercase().contains("certificate"), "{line}");
+    // the transition waits for its record: the resource has not failed yet
+    let v = s.get(&name).await.expect("the resource");
+    assert_ne!(v["status"]["phase"], "Failed", "{v}");
 }
