@@ -289,11 +289,11 @@ async fn every_transition_is_audited_through_kills_an_endpoint_outage_and_a_back
         .map(|i| (unique_name("late"), format!("default/deployment/late-{i}")))
         .collect();
     let creating = async {
-        for chunk in invalid.chunks(50) {
-            futures::future::join_all(chunk.iter().map(|n| s.create(n, wfe_body("")))).await;
-        }
         for (name, target) in &late {
             s.create_wfe(name, target).await;
+        }
+        for chunk in invalid.chunks(50) {
+            futures::future::join_all(chunk.iter().map(|n| s.create(n, wfe_body("")))).await;
         }
         outage.elapsed()
     };

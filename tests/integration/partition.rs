@@ -103,7 +103,7 @@ async fn play(s: &Scope, target: &str, hold: Duration) {
 /// Like [`play`], ending the run succeeded or failed.
 pub async fn play_to(s: &Scope, target: &str, hold: Duration, succeed: bool) {
     let run = run_name(target);
-    let started = eventually(Duration::from_secs(90), &format!("run {run}"), || async {
+    let started = eventually(Duration::from_secs(180), &format!("run {run}"), || async {
         s.run(&run).await.map(|_| tekton::now())
     })
     .await;
@@ -397,5 +397,44 @@ async fn a_hung_request_times_out_is_retried_and_nothing_stalls() {
     println!(
         "figures: 9 s black hole; {timeouts} requests timed out, {stalled} stalled watches restarted; every lock released {} s after the cut",
         seconds(recovered)
+    );
+}
+
+#[tokio::test]
+async fn sigterm_stops_a_standby_at_once_and_a_leader_hands_over_without_waiting_for_expiry() {
+    let s = Scope::new("handover").await;
+    let lease_ns = s.env.namespace("lease").await;
+    support::grant_namespaced_rbac(s.env, support::controller_namespace(), &lease_ns).await;
+    let mut a = spawn(&s, "a", &replica_args(&s, "a", &lease_ns), None);
+    a.wait_ready().await;
+    let mut b = spawn(&s, "b", &replica_args(&s, "b", &lease_ns), None);
+    wait_standing_by(&mut b).await;
+    // a standby holds nothing: it stops at once
+    let asked = std::time::Instant::now();
+    let (code, log) = b.terminate().await;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    // a leader finishes, releases the Lease, and the standby takes it without waiting 4 s
+    let mut b = spawn(&s, "b-again", &replica_args(&s, "b", &lease_ns), None);
+    wait_standing_by(&mut b).await;
+    let name = unique_name("handover");
+    s.create_wfe(&name, "default/deployment/handover").await;
+    s.wait_phase(&name, "Running").await;
+    let asked = SystemTime::now();
+    let (code, log) = a.terminate().await;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("Lease released"), "{log}");
+    let acquired = wait_holder(&s, &lease_ns, "b").await;
+    let handover = acquired.duration_since(asked).unwrap_or_default();
+    assert!(handover < Duration::from_secs(4), "{handover:?}");
+    play(&s, "default/deployment/handover", Duration::ZERO).await;
+    assert_finished(&s, &name).await;
+    println!(
+        "figures: standby stopped on SIGTERM; leader handed over {} s after SIGTERM (lease 4 s)",
+        seconds(handover)
     );
 }

@@ -177,10 +177,18 @@ pub async fn run(
         kinds.insert((r.api_version.clone(), r.kind.clone()), ar);
     }
 
+    // a standby told to stop stops at once (it holds nothing)
+    let shutdown = futures::FutureExt::shared(shutdown);
     let mut release = None;
     if let Some(lease) = &settings.lease {
         let mut elector = lease::Elector::new(control.clone(), lease.clone());
-        elector.acquire(&clients.fence).await;
+        tokio::select! {
+            () = elector.acquire(&clients.fence) => {}
+            () = shutdown.clone() => {
+                audit.close(settings.audit_drain).await;
+                return Ok(());
+            }
+        }
         elector.keep(clients.fence.clone(), metrics.clone());
         release = Some(lease::Elector::new(control.clone(), lease.clone()));
     }
