@@ -25,23 +25,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Client, Config};
+use lifecycle_testsupport::controlplane::{self, Testenv, install_crds};
 use tokio::sync::OnceCell;
+
+// Like the rest of this module: helpers not every test uses.
+#[allow(unused_imports)]
+pub use lifecycle_testsupport::controlplane::{
+    ADMIN_CONTEXT, CONTROLLER_CONTEXT, CONTROLLER_USER, read_crds,
+};
+pub use lifecycle_testsupport::{api_code, repo_root};
 
 /// Environment variable naming the kubeconfig of an already running test control plane.
 pub const KUBECONFIG_VAR: &str = "LIFECYCLE_TEST_KUBECONFIG";
-/// Kubeconfig context of the cluster administrator (group system:masters).
-pub const ADMIN_CONTEXT: &str = "admin";
-/// Kubeconfig context of the unprivileged controller identity.
-pub const CONTROLLER_CONTEXT: &str = "controller";
-/// User name of the controller identity: the service account lifecycle-system/lifecycle-controller.
-pub const CONTROLLER_USER: &str = "system:serviceaccount:lifecycle-system:lifecycle-controller";
 /// Field manager used by the tests' server-side applies.
 pub const FIELD_MANAGER: &str = "lifecycle-integration-tests";
 
@@ -83,14 +82,14 @@ impl TestEnv {
 
     /// A client acting as the cluster administrator.
     pub async fn admin(&self) -> Client {
-        client_for(&self.kubeconfig, ADMIN_CONTEXT)
+        controlplane::client(&self.kubeconfig, ADMIN_CONTEXT)
             .await
             .expect("admin client")
     }
 
     /// A client acting as the unprivileged controller identity ([`CONTROLLER_USER`]).
     pub async fn controller(&self) -> Client {
-        client_for(&self.kubeconfig, CONTROLLER_CONTEXT)
+        controlplane::client(&self.kubeconfig, CONTROLLER_CONTEXT)
             .await
             .expect("controller client")
     }
@@ -98,43 +97,17 @@ impl TestEnv {
     /// Runs the kubectl built with the control plane against it (admin context unless `args`
     /// say otherwise) and returns its standard output; panics with its error output on failure.
     pub async fn kubectl(&self, args: &[&str]) -> String {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let bin = tokio::process::Command::new(root.join("scripts/testenv"))
-            .arg("bin")
-            .output()
-            .await
-            .expect("scripts/testenv bin");
-        let kubectl = Path::new(String::from_utf8_lossy(&bin.stdout).trim()).join("kubectl");
-        let out = tokio::process::Command::new(&kubectl)
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .output()
-            .await
-            .unwrap_or_else(|e| panic!("running {}: {e}", kubectl.display()));
-        assert!(
-            out.status.success(),
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let (ok, stdout, stderr) = self.kubectl_result(args).await;
+        assert!(ok, "kubectl {}: {stderr}", args.join(" "));
+        stdout
     }
 
     /// Runs the built kubectl like [`TestEnv::kubectl`]; returns whether it succeeded, its
     /// standard output and its error output.
     pub async fn kubectl_result(&self, args: &[&str]) -> (bool, String, String) {
-        let bin = tokio::process::Command::new(repo_root().join("scripts/testenv"))
-            .arg("bin")
-            .output()
+        let out = controlplane::kubectl(&self.kubeconfig, args)
             .await
-            .expect("scripts/testenv bin");
-        let kubectl = Path::new(String::from_utf8_lossy(&bin.stdout).trim()).join("kubectl");
-        let out = tokio::process::Command::new(&kubectl)
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .output()
-            .await
-            .unwrap_or_else(|e| panic!("running {}: {e}", kubectl.display()));
+            .unwrap_or_else(|e| panic!("{e:#}"));
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -172,14 +145,6 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{n}-{:06x}", hasher.finish() & 0xff_ffff)
 }
 
-/// The HTTP status code of an API error, if the error is one.
-pub fn api_code(err: &kube::Error) -> Option<u16> {
-    match err {
-        kube::Error::Api(status) => Some(status.code),
-        _ => None,
-    }
-}
-
 /// Polls `check` every 100 ms until it returns `Some`, or panics after `timeout` with `what`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
@@ -200,37 +165,16 @@ where
 
 /// The last `lines` lines of each control-plane log, for a failure report.
 pub fn log_tails(lines: usize) -> String {
-    let Some(dir) = LOG_DIR.get() else {
-        return "(control-plane log location unknown)\n".to_string();
-    };
-    let mut out = String::new();
-    for name in ["kube-apiserver.log", "etcd.log"] {
-        let path = dir.join(name);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let all: Vec<&str> = text.lines().collect();
-                let tail = &all[all.len().saturating_sub(lines)..];
-                out.push_str(&format!(
-                    "----- last {} lines of {} -----\n",
-                    tail.len(),
-                    path.display()
-                ));
-                for line in tail {
-                    out.push_str(line);
-                    out.push('\n');
-                }
-            }
-            Err(e) => out.push_str(&format!("----- {}: {e} -----\n", path.display())),
-        }
+    match LOG_DIR.get() {
+        Some(dir) => controlplane::log_tails(dir, lines),
+        None => "(control-plane log location unknown)\n".to_string(),
     }
-    out
 }
 
 async fn init() -> anyhow::Result<TestEnv> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let kubeconfig = match std::env::var_os(KUBECONFIG_VAR) {
         Some(path) if !path.is_empty() => PathBuf::from(path),
-        _ => start_private(root).await?,
+        _ => start_private().await?,
     };
     anyhow::ensure!(
         kubeconfig.is_file(),
@@ -244,8 +188,8 @@ async fn init() -> anyhow::Result<TestEnv> {
         let _ = LOG_DIR.set(dir.clone());
         install_log_hook();
     }
-    let client = client_for(&kubeconfig, ADMIN_CONTEXT).await?;
-    install_crds(client, root).await?;
+    let client = controlplane::client(&kubeconfig, ADMIN_CONTEXT).await?;
+    install_crds(client, FIELD_MANAGER).await?;
     Ok(TestEnv {
         kubeconfig,
         log_dir,
@@ -253,58 +197,20 @@ async fn init() -> anyhow::Result<TestEnv> {
 }
 
 /// Starts a control plane of this process's own, stopped by a watchdog when the process exits.
-async fn start_private(root: &Path) -> anyhow::Result<PathBuf> {
-    let script = root.join("scripts/testenv");
+async fn start_private() -> anyhow::Result<PathBuf> {
     let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    remove_stale_state(base);
+    controlplane::remove_stale_state(base, "testenv-");
     let dir = base.join(format!("testenv-{}", std::process::id()));
     eprintln!(
         "{KUBECONFIG_VAR} is not set: starting a private control plane in {} (scripts/test starts one for the whole run)",
         dir.display()
     );
-    let build = tokio::process::Command::new(&script)
-        .arg("build")
-        .status()
-        .await
-        .map_err(|e| anyhow::anyhow!("running {} build: {e}", script.display()))?;
-    anyhow::ensure!(
-        build.success(),
-        "`scripts/testenv build` failed: the integration tests need etcd and kube-apiserver, built \
-         from Go modules (Go must be installed), or {KUBECONFIG_VAR} naming a running test control plane"
-    );
-    let up = tokio::process::Command::new(&script)
-        .args(["up", "--owner-pid", &std::process::id().to_string()])
-        .env("LIFECYCLE_TESTENV_DIR", &dir)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .await
-        .map_err(|e| anyhow::anyhow!("running {} up: {e}", script.display()))?;
-    anyhow::ensure!(
-        up.success(),
-        "`scripts/testenv up` failed; see {}",
-        dir.display()
-    );
-    Ok(dir.join("kubeconfig"))
-}
-
-/// Removes the state of private control planes whose test process is gone.
-fn remove_stale_state(base: &Path) {
-    let Ok(entries) = std::fs::read_dir(base) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix("testenv-")
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let running = Path::new(&format!("/proc/{pid}")).exists();
-        if !running && !entry.path().join("kube-apiserver.pid").exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
+    Testenv::build().await.map_err(|e| {
+        e.context(format!(
+            "no control plane for the tests (or set {KUBECONFIG_VAR} to name a running one)"
+        ))
+    })?;
+    Testenv::new(dir).up(Some(std::process::id())).await
 }
 
 /// On the first failing test, prints where the logs are and their tails (into that test's output).
@@ -321,77 +227,9 @@ fn install_log_hook() {
     }));
 }
 
-async fn client_for(kubeconfig: &Path, context: &str) -> anyhow::Result<Client> {
-    let file = Kubeconfig::read_from(kubeconfig)
-        .map_err(|e| anyhow::anyhow!("reading {}: {e}", kubeconfig.display()))?;
-    let options = KubeConfigOptions {
-        context: Some(context.to_string()),
-        ..Default::default()
-    };
-    let config = Config::from_custom_kubeconfig(file, &options)
-        .await
-        .map_err(|e| anyhow::anyhow!("context {context} of {}: {e}", kubeconfig.display()))?;
-    Ok(Client::try_from(config)?)
-}
-
-/// Server-side applies every CRD under deploy/crds and tests/crds, then waits until each is
-/// Established.
-async fn install_crds(client: Client, root: &Path) -> anyhow::Result<()> {
-    let api = Api::<CustomResourceDefinition>::all(client);
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let mut names = Vec::new();
-    for dir in ["deploy/crds", "tests/crds"] {
-        for crd in read_crds(&root.join(dir))? {
-            let name = crd.metadata.name.clone().unwrap_or_default();
-            api.patch(&name, &params, &Patch::Apply(&crd))
-                .await
-                .map_err(|e| anyhow::anyhow!("applying CRD {name}: {e}"))?;
-            names.push(name);
-        }
-    }
-    for name in names {
-        let established = await_condition(api.clone(), &name, conditions::is_crd_established());
-        tokio::time::timeout(Duration::from_secs(30), established)
-            .await
-            .map_err(|_| anyhow::anyhow!("CRD {name} not Established after 30 s"))??;
-    }
-    Ok(())
-}
-
-/// Every CustomResourceDefinition document in the YAML files of `dir`, in file-name order.
-pub fn read_crds(dir: &Path) -> anyhow::Result<Vec<CustomResourceDefinition>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| anyhow::anyhow!("reading {}: {e}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-        .collect();
-    files.sort();
-    let mut crds = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file)?;
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value: serde_json::Value = serde::Deserialize::deserialize(doc)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            if value.get("kind").and_then(|k| k.as_str()) == Some("CustomResourceDefinition") {
-                crds.push(
-                    serde_json::from_value(value)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?,
-                );
-            }
-        }
-    }
-    Ok(crds)
-}
-
 // ---------------------------------------------------------------------------------------------
 // The controller under test: RBAC from deploy/, per-test scopes, `lifecycle run` as a process.
 // ---------------------------------------------------------------------------------------------
-
-/// The repository's root folder.
-pub fn repo_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// Namespace of the controller's own ServiceAccount (`lifecycle-system`), where deploy/ puts the
 /// leader-election Lease and its Role.
@@ -418,11 +256,7 @@ pub fn default_execution_namespace() -> String {
 pub fn rbac_documents() -> Vec<serde_json::Value> {
     static DOCS: OnceLock<Vec<serde_json::Value>> = OnceLock::new();
     DOCS.get_or_init(|| {
-        let bin = std::process::Command::new(repo_root().join("scripts/testenv"))
-            .arg("bin")
-            .output()
-            .expect("scripts/testenv bin");
-        let kubectl = Path::new(String::from_utf8_lossy(&bin.stdout).trim()).join("kubectl");
+        let kubectl = controlplane::kubectl_path().unwrap_or_else(|e| panic!("{e:#}"));
         let out = std::process::Command::new(&kubectl)
             .arg("kustomize")
             .arg(repo_root().join("deploy"))
@@ -1359,7 +1193,7 @@ impl ConfigMapVolume {
 pub struct PrivateControlPlane {
     /// The control plane, CRDs installed.
     pub env: &'static TestEnv,
-    dir: PathBuf,
+    testenv: Testenv,
 }
 
 impl PrivateControlPlane {
@@ -1368,20 +1202,17 @@ impl PrivateControlPlane {
     pub async fn start(label: &str) -> PrivateControlPlane {
         let dir =
             Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{label}-{}", std::process::id()));
-        let status = tokio::process::Command::new(repo_root().join("scripts/testenv"))
-            .args(["up", "--owner-pid", &std::process::id().to_string()])
-            .env("LIFECYCLE_TESTENV_DIR", &dir)
-            .stdout(std::process::Stdio::null())
-            .status()
+        let testenv = Testenv::new(&dir);
+        let kubeconfig = testenv
+            .up(Some(std::process::id()))
             .await
-            .expect("running scripts/testenv up");
-        assert!(status.success(), "scripts/testenv up in {}", dir.display());
+            .unwrap_or_else(|e| panic!("{e:#}"));
         let env: &'static TestEnv = Box::leak(Box::new(TestEnv {
-            kubeconfig: dir.join("kubeconfig"),
-            log_dir: Some(dir.clone()),
+            kubeconfig,
+            log_dir: Some(dir),
         }));
-        let plane = PrivateControlPlane { env, dir };
-        install_crds(env.admin().await, repo_root())
+        let plane = PrivateControlPlane { env, testenv };
+        install_crds(env.admin().await, FIELD_MANAGER)
             .await
             .expect("installing the CRDs");
         apply_cluster_rbac(env).await;
@@ -1390,32 +1221,24 @@ impl PrivateControlPlane {
 
     /// Runs `scripts/testenv <args>` on this control plane; panics when it fails.
     pub async fn testenv(&self, args: &[&str]) {
-        let status = tokio::process::Command::new(repo_root().join("scripts/testenv"))
-            .args(args)
-            .env("LIFECYCLE_TESTENV_DIR", &self.dir)
-            .stdout(std::process::Stdio::null())
-            .status()
+        self.testenv
+            .run(args)
             .await
-            .expect("running scripts/testenv");
-        assert!(status.success(), "scripts/testenv {}", args.join(" "));
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// The process id of its kube-apiserver.
     pub fn apiserver_pid(&self) -> String {
-        std::fs::read_to_string(self.dir.join("kube-apiserver.pid"))
+        controlplane::pids(self.testenv.dir())
+            .into_iter()
+            .find(|(name, _)| name == "kube-apiserver")
+            .map(|(_, pid)| pid.to_string())
             .expect("kube-apiserver.pid")
-            .trim()
-            .to_string()
     }
 }
 
 impl Drop for PrivateControlPlane {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(repo_root().join("scripts/testenv"))
-            .arg("down")
-            .env("LIFECYCLE_TESTENV_DIR", &self.dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+        let _ = self.testenv.down();
     }
 }
