@@ -6,6 +6,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
 COPY tests ./tests
+# the other members of the cargo workspace (only the controller is built)
+COPY tools/bench ./tools/bench
 RUN cargo build --release --locked --bin lifecycle
 
 FROM gcr.io/distroless/cc-debian12:nonroot
