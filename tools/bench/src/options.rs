@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use clap::Parser;
+use lifecycle_engine::time::parse_std_duration;
 
 /// The default controller command (placeholders as `--controller-cmd` describes them).
 pub const DEFAULT_CMD: &str = "exec {bin} run --rules {rules} --context {context} --metrics-address {metrics_address} --set cooldown={cooldown} --log-format json";
@@ -44,7 +45,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0.1)]
     pub fail_share: f64,
     /// How long each PipelineRun stays Running before it finishes.
-    #[arg(long, default_value = "1s", value_parser = duration)]
+    #[arg(long, default_value = "1s", value_parser = parse_std_duration)]
     pub run_hold: Duration,
     /// WorkflowExecution creates in flight at once.
     #[arg(long, default_value_t = 32)]
@@ -64,7 +65,7 @@ pub struct Args {
     pub memory_size: usize,
     /// Quiet time before the memory test reads RSS (the default rules re-check Running
     /// resources every 10 s).
-    #[arg(long, default_value = "30s", value_parser = duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_std_duration)]
     pub memory_settle: Duration,
     /// Hot-reload samples per size; 0 skips them.
     #[arg(long, default_value_t = 3)]
@@ -80,20 +81,14 @@ pub struct Args {
     #[arg(long)]
     pub controller_commit: Option<String>,
     /// Deadline per size: this much plus --deadline-per-resource times N.
-    #[arg(long, default_value = "180s", value_parser = duration)]
+    #[arg(long, default_value = "180s", value_parser = parse_std_duration)]
     pub deadline: Duration,
     /// Extra deadline per resource.
-    #[arg(long, default_value = "200ms", value_parser = duration)]
+    #[arg(long, default_value = "200ms", value_parser = parse_std_duration)]
     pub deadline_per_resource: Duration,
     /// Output directory (bench.json, bench.md, controller logs, profiles).
     #[arg(long, default_value = "target/bench/out")]
     pub out: PathBuf,
-}
-
-/// A duration option, in the rules' own syntax (`300ms`, `10s`, `1h30m`; a bare number is
-/// seconds): [`lifecycle_engine::time::parse_duration`].
-fn duration(text: &str) -> Result<Duration, String> {
-    lifecycle_engine::time::parse_duration(text).map(Duration::from_secs_f64)
 }
 
 /// A controller to measure: its name in the report and its shell command.
