@@ -2,12 +2,14 @@
 //!
 //! Each command parses its arguments into settings, calls the library, and prints. Exit codes:
 //! 0 success, 1 the input is wrong (invalid rules, failing tests), 2 the input is unusable
-//! (a file that cannot be read, bad arguments).
+//! (a file that cannot be read, bad arguments). The offline commands write their output through
+//! [`out`]: when stdout is closed (`lifecycle simulate | head`) they stop quietly with
+//! [`crate::offline::EXIT_OUTPUT_CLOSED`], as a program ended by SIGPIPE would.
 
 mod crd_files;
 
 use crate::engine::Effect;
-use crate::offline::simulate;
+use crate::offline::{out, simulate};
 use crate::rules::{LoadError, Rules};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
@@ -140,12 +142,12 @@ pub fn main() -> ExitCode {
             no_crd,
         } => check(&file, format, &set, &crd, no_crd),
         Command::Schema => {
-            print!("{}", crate::rules::json_schema());
+            out(&crate::rules::json_schema());
             ExitCode::SUCCESS
         }
         Command::Graph { file, format } => match load(&file, &[]) {
             Ok(rules) => {
-                print!("{}", graph(&rules, format));
+                out(&graph(&rules, format));
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -229,8 +231,8 @@ fn check(
     });
     match (format, result) {
         (Format::Text, Ok(r)) => {
-            println!(
-                "{}: valid (revision {}; {} phases, {} transitions, {} values, {} validation rules{})",
+            out(&format!(
+                "{}: valid (revision {}; {} phases, {} transitions, {} values, {} validation rules{})\n",
                 file.display(),
                 r.revision,
                 r.phases.len(),
@@ -241,7 +243,7 @@ fn check(
                     .as_ref()
                     .map(|s| format!("; status checked against {s}"))
                     .unwrap_or_default()
-            );
+            ));
             ExitCode::SUCCESS
         }
         (Format::Text, Err(e)) => {
@@ -249,26 +251,30 @@ fn check(
             exit_for(&e)
         }
         (Format::Json, Ok(r)) => {
-            println!(
-                "{}",
+            out(&format!(
+                "{}\n",
                 json!({"file": file.display().to_string(), "valid": true, "revision": r.revision, "crd": checked_against, "problems": []})
-            );
+            ));
             ExitCode::SUCCESS
         }
         (Format::Json, Err(e)) => {
-            println!(
-                "{}",
+            out(&format!(
+                "{}\n",
                 json!({"file": file.display().to_string(), "valid": false, "unusable": matches!(e, LoadError::Unusable { .. }), "problems": e.problems()})
-            );
+            ));
             exit_for(&e)
         }
     }
 }
 
 fn exit_for(e: &LoadError) -> ExitCode {
+    ExitCode::from(exit_code(e))
+}
+
+fn exit_code(e: &LoadError) -> u8 {
     match e {
-        LoadError::Unusable { .. } => ExitCode::from(2),
-        LoadError::Invalid(_) => ExitCode::from(1),
+        LoadError::Unusable { .. } => 2,
+        LoadError::Invalid(_) => 1,
     }
 }
 
@@ -346,11 +352,11 @@ fn render(resource: &Path, rules: &Path, set: &[(String, String)]) -> ExitCode {
     };
     match rendered(&rules, resource) {
         Rendered::Object(text) => {
-            print!("{text}");
+            out(&text);
             ExitCode::SUCCESS
         }
         Rendered::Outcome(text) => {
-            print!("{text}");
+            out(&text);
             ExitCode::from(1)
         }
         Rendered::Error(e) => {
@@ -425,13 +431,32 @@ fn simulate_cmd(
     format: Format,
     set: &[(String, String)],
 ) -> ExitCode {
-    let (rules, resource) = match load_with_resource(rules, set, resource) {
-        Ok(x) => x,
-        Err(c) => return c,
+    // with --format json every failure is JSON on stdout too: {"error": {kind, message, problems}}
+    let fail = |code: u8, kind: &str, message: String, problems: Vec<crate::rules::Problem>| {
+        match format {
+            Format::Text => eprintln!("{message}"),
+            Format::Json => out(&format!(
+                "{}\n",
+                json!({"error": {"kind": kind, "message": message, "problems": problems}})
+            )),
+        }
+        ExitCode::from(code)
+    };
+    let rules = match Rules::load(rules, set) {
+        Ok(r) => r,
+        Err(e) => return fail(exit_code(&e), "rules", e.to_string(), e.problems()),
+    };
+    let resource = match crate::offline::read_object(resource) {
+        Ok(r) => r,
+        Err(e) => return fail(2, "resource", e, Vec::new()),
     };
     let Some(start) = crate::time::parse_secs(start) else {
-        eprintln!("--start: `{start}` is not an RFC 3339 timestamp");
-        return ExitCode::from(2);
+        return fail(
+            2,
+            "arguments",
+            format!("--start: `{start}` is not an RFC 3339 timestamp"),
+            Vec::new(),
+        );
     };
     let mut parts = outcome.splitn(3, ':');
     let script = simulate::Script {
@@ -444,8 +469,12 @@ fn simulate_cmd(
     let world = match simulate::run(&rules, resource, start, &script) {
         Ok(w) => w,
         Err(e) => {
-            eprintln!("simulation failed: {e}");
-            return ExitCode::from(1);
+            return fail(
+                1,
+                "simulation",
+                format!("simulation failed: {e}"),
+                Vec::new(),
+            );
         }
     };
     let status = world
@@ -455,28 +484,22 @@ fn simulate_cmd(
         .cloned()
         .unwrap_or(Value::Null);
     match format {
-        Format::Text => {
-            println!(
-                "Simulating {} with rules {} (revision {}), outcome `{outcome}` after {}:\n",
-                rules.resource.kind,
-                rules.file.display(),
-                rules.revision,
-                crate::time::go_duration(after)
-            );
-            print!("{}", simulate::format_timeline(&world.timeline));
-            println!("\nFinal status:");
-            print!(
-                "{}",
-                indent(&serde_yaml::to_string(&status).unwrap_or_default())
-            );
-        }
-        Format::Json => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json!({"revision": rules.revision, "timeline": world.timeline, "status": status}))
-                    .unwrap_or_default()
-            );
-        }
+        Format::Text => out(&format!(
+            "Simulating {} with rules {} (revision {}), outcome `{outcome}` after {}:\n\n{}\nFinal status:\n{}",
+            rules.resource.kind,
+            rules.file.display(),
+            rules.revision,
+            crate::time::go_duration(after),
+            simulate::format_timeline(&world.timeline),
+            indent(&serde_yaml::to_string(&status).unwrap_or_default())
+        )),
+        Format::Json => out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(
+                &json!({"revision": rules.revision, "timeline": world.timeline, "status": status})
+            )
+            .unwrap_or_default()
+        )),
     }
     ExitCode::SUCCESS
 }

@@ -8,6 +8,7 @@
 
 use crate::engine::Effect;
 use crate::expr::{Path as JPath, loose_eq};
+use crate::offline::out;
 use crate::offline::simulate::World;
 use crate::rules::Rules;
 use indexmap::IndexMap;
@@ -174,17 +175,18 @@ pub fn main(paths: &[PathBuf], default_rules: &Path, verbose: bool) -> ExitCode 
         if o.failures.is_empty() {
             passed += 1;
             if verbose {
-                println!("ok      {} ({})", o.name, o.file.display());
+                out(&format!("ok      {} ({})\n", o.name, o.file.display()));
             }
         } else {
             failed += 1;
-            println!("FAILED  {} ({})", o.name, o.file.display());
+            let mut text = format!("FAILED  {} ({})\n", o.name, o.file.display());
             for f in &o.failures {
-                println!("        {f}");
+                text.push_str(&format!("        {f}\n"));
             }
+            out(&text);
         }
     }
-    println!("{passed} passed, {failed} failed");
+    out(&format!("{passed} passed, {failed} failed\n"));
     if failed == 0 && passed > 0 {
         ExitCode::SUCCESS
     } else {
@@ -224,9 +226,13 @@ pub fn run_file(file: &Path, default_rules: &Path) -> Outcome {
         file: file.to_path_buf(),
         failures: Vec::new(),
     };
-    let scenario: Scenario = match crate::rules::read_limited(file)
-        .and_then(|t| serde_yaml::from_str(&t).map_err(|e| e.to_string()))
-    {
+    let scenario: Scenario = match crate::rules::read_limited(file).and_then(|t| {
+        // a rules file given as a scenario: say so, not "unknown field `version`"
+        match crate::rules::kind::not_scenario_hint(&t, &file.display().to_string()) {
+            Some(hint) => Err(hint),
+            None => serde_yaml::from_str(&t).map_err(|e| e.to_string()),
+        }
+    }) {
         Ok(s) => s,
         Err(e) => {
             out.failures.push(format!("cannot read scenario: {e}"));

@@ -9,6 +9,7 @@ use super::Rules;
 use super::compiler::{Compiler, Scope, list_or_none};
 use super::locate::DocPath;
 use super::model::ExecutionAction;
+use super::suggest::did_you_mean;
 use crate::expr::Root;
 use crate::render::FUNCTIONS;
 
@@ -71,21 +72,19 @@ impl Compiler<'_> {
                     continue;
                 }
                 let Some(root) = Root::from_name(top) else {
+                    let mut readable: Vec<&str> = Root::ALL.iter().map(|r| r.name()).collect();
+                    readable.extend(match scope {
+                        Scope::Action => &["vars", "transition"][..],
+                        Scope::Item => &["item"][..],
+                        Scope::Sim => &["outcome"][..],
+                        Scope::Plain => &[][..],
+                    });
                     self.problem(
                         at,
                         format!(
-                            "unknown variable `{top}`: templates can read {}{}",
-                            Root::ALL
-                                .iter()
-                                .map(|r| r.name())
-                                .collect::<Vec<_>>()
-                                .join(", "),
-                            match scope {
-                                Scope::Action => ", vars, transition",
-                                Scope::Item => ", item",
-                                Scope::Sim => ", outcome",
-                                Scope::Plain => "",
-                            }
+                            "unknown variable `{top}`{}: templates can read {}",
+                            did_you_mean(top, &readable),
+                            readable.join(", ")
                         ),
                     );
                     continue;
@@ -109,8 +108,11 @@ impl Compiler<'_> {
                             }
                         ))
                     {
-                        let msg =
-                            format!("unknown {what} `{name}` (defined: {})", list_or_none(known));
+                        let msg = format!(
+                            "unknown {what} `{name}`{} (defined: {})",
+                            did_you_mean(name, known),
+                            list_or_none(known)
+                        );
                         self.problem(at, msg);
                     }
                 }
@@ -129,6 +131,12 @@ impl Compiler<'_> {
         if n == 0 || self.broken.iter().any(|b| b.starts_with("phases.")) {
             return;
         }
+        // likewise a transition to an unknown phase (reported where it is): the phases it was
+        // meant to lead to would otherwise all be reported unreachable too
+        let dangling = rules
+            .phases
+            .iter()
+            .any(|p| p.transitions.iter().any(|t| t.to >= n));
         // reachability from the initial phase
         let mut reach = vec![false; n];
         let mut todo = vec![rules.initial];
@@ -148,7 +156,7 @@ impl Compiler<'_> {
                 continue;
             }
             let at = root.key(&p.name);
-            if !reach[i] {
+            if !reach[i] && !dangling {
                 self.key_problem(
                     &at,
                     format!(
@@ -199,7 +207,7 @@ impl Compiler<'_> {
         if let Some(c) = &rules.cooldown {
             let at = DocPath::root().key("cooldown");
             for (k, &i) in c.phases.iter().enumerate() {
-                if !holds[i] {
+                if !holds[i] && !dangling {
                     self.problem(&at.key("phases").index(k), format!("phase `{}` never holds the lock (no transition with `execution: create` leads to it), so a cooldown there releases nothing", rules.phases[i].name));
                 }
                 if !rules.phases[i].terminal {

@@ -10,6 +10,7 @@
 use super::compiled::TmplTree;
 use super::locate::{DocPath, SourceMap};
 use super::sources::Sources;
+use super::suggest::did_you_mean;
 use super::{LoadError, Problem, Rules};
 use crate::expr::{Path as JPath, Root};
 use crate::render::{RenderError, Templates, Tmpl};
@@ -256,7 +257,8 @@ impl Compiler<'_> {
                     && !self.broken.contains(&format!("{section}.{key}"))
                 {
                     let msg = format!(
-                        "`{source}` reads unknown {what} `{key}` (defined: {})",
+                        "`{source}` reads unknown {what} `{key}`{} (defined: {})",
+                        did_you_mean(key, known),
                         list_or_none(known)
                     );
                     self.problem(at, msg);

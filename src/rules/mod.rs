@@ -13,7 +13,8 @@
 //! Files: [`sources`] (the only file reading), [`model`] (the raw model), `parse` (the serde
 //! pass), `compiler` (the pipeline and shared building blocks), `predicate`, `sections` (one
 //! compiler per section), `deps` (what reads what, cycles), `checks` (static checks of the
-//! whole), `compiled` (the compiled types), [`locate`] (positions in the YAML text).
+//! whole), `compiled` (the compiled types), [`locate`] (positions in the YAML text), `suggest`
+//! ("did you mean" for misspelt names), [`kind`] (rules file or scenario).
 
 mod checks;
 #[cfg(test)]
@@ -24,6 +25,7 @@ mod crd;
 mod deps;
 #[cfg(test)]
 mod fixture_tests;
+pub mod kind;
 pub mod locate;
 pub mod model;
 mod parse;
@@ -31,6 +33,7 @@ mod predicate;
 mod schema;
 mod sections;
 pub mod sources;
+mod suggest;
 
 pub use compiled::{
     ActionRules, AuditRules, ConditionRules, CooldownRules, Deps, EventRules, ExecutionRules,

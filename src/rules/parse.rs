@@ -10,6 +10,7 @@ use super::Problem;
 use super::compiler::Compiler;
 use super::locate::{DocPath, Seg, SourceMap};
 use super::model::*;
+use super::suggest::closest;
 use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 
@@ -79,7 +80,7 @@ impl Compiler<'_> {
                         serde_path_to_error::Segment::Unknown => {}
                     }
                 }
-                let msg = e.inner().to_string();
+                let msg = plain(&strip_location(&e.inner().to_string()));
                 if let Some(field) = unknown_field(&msg) {
                     // the error's path may already end at the unknown key
                     let p = if path.0.last() == Some(&Seg::Key(field.clone())) {
@@ -87,15 +88,14 @@ impl Compiler<'_> {
                     } else {
                         path.key(&field)
                     };
-                    self.key_problem(
-                        &p,
-                        format!(
-                            "{} (check the spelling, or see `lifecycle schema`)",
-                            strip_location(&msg)
-                        ),
-                    );
+                    let msg = if msg.contains("did you mean") {
+                        msg
+                    } else {
+                        format!("{msg} (check the spelling, or see `lifecycle schema`)")
+                    };
+                    self.key_problem(&p, msg);
                 } else {
-                    self.problem(&path, strip_location(&msg));
+                    self.problem(&path, msg);
                 }
                 None
             }
@@ -112,6 +112,10 @@ impl Compiler<'_> {
             );
             return None;
         };
+        if let Some(hint) = super::kind::not_rules_hint(doc, self.file) {
+            self.problem(&root, hint);
+            return None;
+        }
         const KNOWN: &[&str] = &[
             "version",
             "description",
@@ -135,10 +139,16 @@ impl Compiler<'_> {
             if !KNOWN.contains(&name) {
                 self.key_problem(
                     &root.key(name),
-                    format!(
-                        "unknown field `{name}`, expected one of {}",
-                        KNOWN.join(", ")
-                    ),
+                    match closest(name, KNOWN.iter().copied()) {
+                        Some(k) => format!(
+                            "unknown field `{name}`; did you mean `{k}`? (expected one of {})",
+                            KNOWN.join(", ")
+                        ),
+                        None => format!(
+                            "unknown field `{name}`, expected one of {}",
+                            KNOWN.join(", ")
+                        ),
+                    },
                 );
             }
         }
@@ -289,6 +299,52 @@ fn strip_location(msg: &str) -> String {
         Some(i) => msg[..i].to_string(),
         None => msg.to_string(),
     }
+}
+
+/// A serde message in the words of the rules file: no Rust type names, and a "did you mean"
+/// for a misspelt field or variant name.
+fn plain(msg: &str) -> String {
+    if msg.starts_with("data did not match any variant of untagged enum Setting") {
+        return "expected a string, number or boolean".into();
+    }
+    let mut out = msg.to_string();
+    // `expected struct ExecutionSpec`, `expected enum EventType`, `expected u32`, ...
+    if let Some(i) = out.find("expected ") {
+        let (head, tail) = out.split_at(i + "expected ".len());
+        let what = match tail.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["struct", _, ..] | ["a", "map"] => Some("a mapping"),
+            ["enum", _, ..] => Some("one of the names `lifecycle schema` lists"),
+            ["u8" | "u16" | "u32" | "u64" | "usize" | "i32" | "i64"] => {
+                Some("a whole number (no sign, no fraction)")
+            }
+            ["f32" | "f64"] => Some("a number"),
+            ["a", "sequence"] => Some("a list"),
+            _ => None,
+        };
+        if let Some(what) = what {
+            out = format!("{head}{what}");
+        }
+    }
+    for prefix in ["unknown field `", "unknown variant `"] {
+        let Some(rest) = out.strip_prefix(prefix) else {
+            continue;
+        };
+        let Some(end) = rest.find('`') else { break };
+        let word = &rest[..end];
+        let after = &rest[end + 1..];
+        let expected: Vec<&str> = after
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if let Some(k) = closest(word, expected.iter().copied()) {
+            let listed = after.trim_start_matches(", ");
+            out = format!("{prefix}{word}`; did you mean `{k}`? ({listed})");
+        }
+        break;
+    }
+    out
 }
 
 /// The field named by serde's "unknown field" message.

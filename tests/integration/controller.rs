@@ -1553,7 +1553,8 @@ async fn start_up_fails_on_broken_rules_and_on_kinds_the_cluster_lacks() {
     let mut c = ControllerProcess::spawn(s.env, s.dir.path(), "broken", &s.run_args(&broken, "1h"));
     let (code, log) = c.wait_exit(std::time::Duration::from_secs(30)).await;
     assert_eq!(code, Some(1), "{log}");
-    assert!(log.contains("problems in the rules:"), "{log}");
+    // the typo alone: not also the phases and the cooldown behind it
+    assert!(log.contains("1 problem in the rules:"), "{log}");
     assert!(
         log.contains(&format!(
             "{}:273:13: phases.Pending.transitions[4].to: unknown phase `Runnning`",

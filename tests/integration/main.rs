@@ -2,6 +2,7 @@
 //! `support` for how the control plane is found or started, and docs/testing.md.
 
 mod audit_delivery;
+mod cli;
 mod controller;
 mod deploy;
 mod faults;

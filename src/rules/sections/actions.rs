@@ -12,6 +12,7 @@ use crate::rules::model::{
     Action, ConditionSpec, EventSpec, ExecutionAction, MetricKind, MetricSpec, MetricUpdate,
     Transition,
 };
+use crate::rules::suggest::did_you_mean;
 use indexmap::IndexMap;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -44,7 +45,8 @@ impl Compiler<'_> {
                     self.problem(
                         &at.key("use").index(i),
                         format!(
-                            "unknown action `{name}` (defined: {})",
+                            "unknown action `{name}`{} (defined: {})",
+                            did_you_mean(name, &known),
                             list_or_none(&known)
                         ),
                     );

@@ -8,6 +8,7 @@ use crate::rules::compiler::{Compiler, Scope};
 use crate::rules::locate::DocPath;
 use crate::rules::model::{Cooldown, RulesFile};
 use crate::rules::sections::actions::ActionParts;
+use crate::rules::suggest::did_you_mean;
 
 impl Compiler<'_> {
     /// The cooldown policy; its phases become indices into `phase_names`.
@@ -24,7 +25,11 @@ impl Compiler<'_> {
                 Some(x) => idx.push(x),
                 None => self.problem(
                     &at.key("phases").index(i),
-                    format!("unknown phase `{p}` (phases: {})", phase_names.join(", ")),
+                    format!(
+                        "unknown phase `{p}`{} (phases: {})",
+                        did_you_mean(p, phase_names),
+                        phase_names.join(", ")
+                    ),
                 ),
             }
         }

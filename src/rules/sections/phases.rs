@@ -9,6 +9,7 @@ use crate::rules::compiler::{Compiler, Scope};
 use crate::rules::locate::DocPath;
 use crate::rules::model::RulesFile;
 use crate::rules::sections::actions::ActionParts;
+use crate::rules::suggest::did_you_mean;
 use std::collections::BTreeSet;
 
 impl Compiler<'_> {
@@ -53,8 +54,9 @@ impl Compiler<'_> {
                             self.problem(
                                 &tat.key("to"),
                                 format!(
-                                    "unknown phase `{}` (phases: {})",
+                                    "unknown phase `{}`{} (phases: {})",
                                     t.to,
+                                    did_you_mean(&t.to, &phase_names),
                                     phase_names.join(", ")
                                 ),
                             );

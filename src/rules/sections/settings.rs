@@ -6,6 +6,7 @@
 use crate::rules::Problem;
 use crate::rules::compiler::{Compiler, list_or_none};
 use crate::rules::model::Setting;
+use crate::rules::suggest::did_you_mean;
 use indexmap::IndexMap;
 use serde_json::Value;
 
@@ -28,7 +29,8 @@ impl Compiler<'_> {
                     column: 1,
                     path: k.clone(),
                     message: format!(
-                        "unknown setting `{k}` (the rules define: {})",
+                        "unknown setting `{k}`{} (the rules define: {})",
+                        did_you_mean(k, &declared.keys().collect::<Vec<_>>()),
                         list_or_none(&declared.keys().cloned().collect::<Vec<_>>())
                     ),
                 }),
