@@ -25,7 +25,7 @@ pub mod status;
 
 pub use decide::{ERROR_CONDITION, decide, execution_key};
 pub use effects::render_tree;
-pub use scope::related_requests;
+pub use scope::{phase_of, related_requests};
 
 use serde::Serialize;
 use serde_json::Value;

@@ -105,16 +105,29 @@ pub(super) struct Scope<'a> {
     base: JValue,
 }
 
+/// The phase a resource is in as `rules` read it: the phase its status names (through
+/// `renamedPhases` for a removed one), or the initial phase when its status names none. `Err`
+/// holds a name the rules do not know.
+pub fn phase_of(rules: &Rules, resource: &Value) -> Result<usize, String> {
+    let named = resource
+        .get("status")
+        .and_then(|s| s.get(&rules.resource.status.phase))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty());
+    match named {
+        None => Ok(rules.initial),
+        Some(name) => rules.resolve_phase(name).ok_or_else(|| name.to_string()),
+    }
+}
+
 impl<'a> Scope<'a> {
     pub fn new(rules: &'a Rules, obs: &'a Observation, now: f64) -> Scope<'a> {
-        let phase_name = obs
-            .resource
-            .get("status")
-            .and_then(|s| s.get(&rules.resource.status.phase))
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .unwrap_or_else(|| rules.phases[rules.initial].name.clone());
+        // a removed phase that `renamedPhases` maps is read as its new name, which the status
+        // write then records
+        let phase_name = match phase_of(rules, &obs.resource) {
+            Ok(i) => rules.phases[i].name.clone(),
+            Err(unknown) => unknown,
+        };
         let owned = obs
             .execution
             .as_ref()
@@ -497,4 +510,63 @@ fn is_owned(rules: &Rules, resource: &Value, execution: &Value) -> bool {
     label(&owner.name).is_some()
         && label(&owner.name) == meta("name")
         && label(&owner.namespace) == meta("namespace")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Effect, decide};
+    use crate::rules::Sources;
+
+    /// The valid `renamed-phases` fixture: `Running` is now `Executing`.
+    fn renamed() -> Rules {
+        let sources = Sources::from_text(
+            "renamed-phases.yaml",
+            include_str!("../../tests/fixtures/rules/valid/renamed-phases.yaml")
+                .replace("templates: _templates\n", ""),
+        )
+        .with_template(
+            "job.yaml",
+            include_str!("../../tests/fixtures/rules/valid/_templates/job.yaml"),
+        );
+        Rules::compile(&sources, &[]).unwrap()
+    }
+
+    fn task(phase: Option<&str>) -> Value {
+        json!({
+            "apiVersion": "example.com/v1", "kind": "Task",
+            "metadata": {"name": "t", "namespace": "default", "finalizers": []},
+            "status": phase.map_or(json!({}), |p| json!({"phase": p})),
+        })
+    }
+
+    #[test]
+    fn a_renamed_phase_is_read_as_its_new_name_and_written_so() {
+        let rules = renamed();
+        let executing = rules.phase_index("Executing").unwrap();
+        assert_eq!(phase_of(&rules, &task(Some("Running"))), Ok(executing));
+        assert_eq!(phase_of(&rules, &task(Some("Executing"))), Ok(executing));
+        assert_eq!(phase_of(&rules, &task(None)), Ok(rules.initial));
+        assert_eq!(
+            phase_of(&rules, &task(Some("Gone"))),
+            Err("Gone".to_string())
+        );
+        let obs = Observation {
+            resource: task(Some("Running")),
+            ..Observation::default()
+        };
+        let d = decide(&rules, &obs, 0.0);
+        assert_eq!(d.error, None);
+        assert_eq!(d.phase, "Executing");
+        let patch = d.effects.iter().find_map(|e| match e {
+            Effect::PatchStatus { patch } => Some(patch),
+            _ => None,
+        });
+        assert_eq!(
+            patch.and_then(|p| p.pointer("/phase")),
+            Some(&json!("Executing")),
+            "{:?}",
+            d.effects
+        );
+    }
 }

@@ -118,6 +118,7 @@ impl Compiler<'_> {
         let validation = self.compile_validation(&raw.validation);
         let values = self.compile_values(&raw.values);
         let (phases, initial) = self.compile_phases(&raw);
+        let renamed_phases = self.compile_renamed_phases(&raw);
         let phase_names: Vec<String> = raw.phases.keys().cloned().collect();
         let cooldown = raw
             .cooldown
@@ -144,6 +145,7 @@ impl Compiler<'_> {
             values,
             phases,
             initial,
+            renamed_phases,
             cooldown,
             on_delete,
             audit,

@@ -156,6 +156,9 @@ pub struct Rules {
     pub phases: Vec<PhaseRules>,
     /// Index of the initial phase.
     pub initial: usize,
+    /// Removed phases by their old name, with the index of the phase that replaces each
+    /// (`renamedPhases`).
+    pub renamed_phases: Vec<(String, usize)>,
     /// Cooldown policy.
     pub cooldown: Option<CooldownRules>,
     /// Deletion handling.
@@ -185,6 +188,17 @@ impl Rules {
     /// Index of a phase by name.
     pub fn phase_index(&self, name: &str) -> Option<usize> {
         self.phases.iter().position(|p| p.name == name)
+    }
+
+    /// Index of the phase a resource whose status names `name` is in: the phase of that name,
+    /// else the phase `renamedPhases` maps it to.
+    pub fn resolve_phase(&self, name: &str) -> Option<usize> {
+        self.phase_index(name).or_else(|| {
+            self.renamed_phases
+                .iter()
+                .find(|(old, _)| old == name)
+                .map(|&(_, i)| i)
+        })
     }
 
     /// The templates folder the rules were read from, for reload watching.

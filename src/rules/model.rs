@@ -47,6 +47,12 @@ pub struct RulesFile {
     pub actions: IndexMap<String, Action>,
     /// The phases, by name.
     pub phases: IndexMap<String, Phase>,
+    /// Phases these rules no longer have, each mapped to the phase that replaces it
+    /// (`OldName: NewName`). A resource whose status still names an old phase continues in the
+    /// new one; a hot reload that would leave resources in a removed phase is refused unless
+    /// that phase is mapped here.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub renamed_phases: IndexMap<String, String>,
     /// Keep the lock for a while after a terminal phase, then release it once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cooldown: Option<Cooldown>,

@@ -128,6 +128,7 @@ impl Compiler<'_> {
             "values",
             "actions",
             "phases",
+            "renamedPhases",
             "cooldown",
             "onDelete",
             "audit",
@@ -198,6 +199,11 @@ impl Compiler<'_> {
             ok &= r.is_some();
             r
         });
+        let renamed_phases = get("renamedPhases").and_then(|v| {
+            let r = self.de(v, &root.key("renamedPhases"));
+            ok &= r.is_some();
+            r
+        });
         let audit = get("audit").and_then(|v| {
             let r = self.de(v, &root.key("audit"));
             ok &= r.is_some();
@@ -246,6 +252,7 @@ impl Compiler<'_> {
             values,
             actions,
             phases,
+            renamed_phases: renamed_phases.unwrap_or_default(),
             cooldown,
             on_delete,
             audit,

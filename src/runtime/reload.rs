@@ -6,10 +6,16 @@
 //! reconcile holds one `Arc<Rules>` from start to end, so none ever sees a half-loaded set.
 //! A broken change is rejected and the last good rules keep running. A slow periodic check
 //! backs up file notifications on file systems that do not deliver them.
+//!
+//! A valid change is refused too when it would strand resources: when a resource in the
+//! controller's watch cache (its [`Census`]) is in a phase the running rules know and the new
+//! rules neither have nor map with `renamedPhases`. The periodic check tries a refused change
+//! again, so it applies once no resource is left in the removed phase.
 
 use crate::rules::Rules;
 use crate::runtime::metrics::Metrics;
 use notify::{RecursiveMode, Watcher};
+use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,7 +26,12 @@ use tokio::sync::{mpsc, watch};
 pub struct RulesHandle {
     rx: watch::Receiver<Arc<Rules>>,
     state: Arc<Mutex<ReloadState>>,
+    census: Arc<Mutex<Option<Census>>>,
 }
+
+/// Lists the governed resources the controller holds in its watch cache: `namespace/name` and
+/// the resource (at least its `status`).
+pub type Census = Arc<dyn Fn() -> Vec<(String, Value)> + Send + Sync>;
 
 /// What the last reload did, for `/readyz`.
 #[derive(Debug, Clone, Default)]
@@ -42,7 +53,14 @@ impl RulesHandle {
         RulesHandle {
             rx,
             state: Arc::default(),
+            census: Arc::default(),
         }
+    }
+
+    /// Where reloads find the resources a change must not strand (the watch cache, once the
+    /// controller has one).
+    pub fn set_census(&self, census: Census) {
+        *self.census.lock().unwrap_or_else(|e| e.into_inner()) = Some(census);
     }
 
     /// The current rules.
@@ -83,9 +101,11 @@ pub fn start(
     let (tx, rx) = watch::channel(initial.clone());
     let state: Arc<Mutex<ReloadState>> = Arc::default();
     let (err_tx, err_rx) = mpsc::channel(16);
+    let census: Arc<Mutex<Option<Census>>> = Arc::default();
     let handle = RulesHandle {
         rx,
         state: state.clone(),
+        census: census.clone(),
     };
     let (fs_tx, fs_rx) = mpsc::unbounded_channel::<()>();
     let mut dirs = vec![
@@ -132,6 +152,7 @@ pub fn start(
         err_tx,
         config,
         metrics,
+        census,
         initial.revision.clone(),
     ));
     (handle, err_rx)
@@ -146,6 +167,7 @@ async fn run(
     err_tx: mpsc::Sender<String>,
     config: Config,
     metrics: Arc<Metrics>,
+    census: Arc<Mutex<Option<Census>>>,
     mut revision: String,
 ) {
     let mut last_rejected: Option<String> = None;
@@ -176,15 +198,26 @@ async fn run(
                 continue;
             }
         };
-        match loaded {
-            Ok(rules) => {
-                if rules.revision == revision {
-                    if last_rejected.take().is_some() {
-                        // the broken change was reverted
-                        state.lock().unwrap_or_else(|e| e.into_inner()).last_error = None;
-                    }
-                    continue;
+        let checked = match loaded {
+            Ok(rules) if rules.revision == revision => {
+                if last_rejected.take().is_some() {
+                    // the broken change was reverted
+                    state.lock().unwrap_or_else(|e| e.into_inner()).last_error = None;
                 }
+                continue;
+            }
+            Ok(rules) => {
+                let census = census.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let resources = census.map(|c| c()).unwrap_or_default();
+                match stranding_report(&tx.borrow(), &rules, &resources) {
+                    Some(report) => Err(report),
+                    None => Ok(rules),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match checked {
+            Ok(rules) => {
                 revision = rules.revision.clone();
                 metrics.declare(&rules);
                 metrics.reload("ok");
@@ -197,8 +230,7 @@ async fn run(
                 last_rejected = None;
                 let _ = tx.send(Arc::new(rules));
             }
-            Err(e) => {
-                let report = e.to_string();
+            Err(report) => {
                 if last_rejected.as_deref() == Some(report.as_str()) {
                     continue;
                 }
@@ -214,6 +246,59 @@ async fn run(
             }
         }
     }
+}
+
+/// Resources listed at most in a stranding report.
+const REPORT_AT_MOST: usize = 20;
+
+/// The resources `new` would strand, as `(namespace/name, phase)`: in a phase `old` knows (by
+/// name or through its `renamedPhases`) that `new` neither has nor maps.
+pub fn stranded(old: &Rules, new: &Rules, resources: &[(String, Value)]) -> Vec<(String, String)> {
+    resources
+        .iter()
+        .filter(|(_, r)| crate::engine::phase_of(old, r).is_ok())
+        .filter_map(|(name, r)| {
+            crate::engine::phase_of(new, r)
+                .err()
+                .map(|phase| (name.clone(), phase))
+        })
+        .collect()
+}
+
+/// Why a change is refused when it would strand resources; `None` when it strands none.
+fn stranding_report(old: &Rules, new: &Rules, resources: &[(String, Value)]) -> Option<String> {
+    let mut stranded = stranded(old, new, resources);
+    if stranded.is_empty() {
+        return None;
+    }
+    stranded.sort();
+    let mut phases: Vec<&str> = stranded.iter().map(|(_, p)| p.as_str()).collect();
+    phases.dedup();
+    let mut report = format!(
+        "{}: the change (revision {}) removes phase{} {} that {} resource{} {} in; refused, so that none is stranded:",
+        new.file.display(),
+        new.revision,
+        if phases.len() == 1 { "" } else { "s" },
+        phases
+            .iter()
+            .map(|p| format!("`{p}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        stranded.len(),
+        if stranded.len() == 1 { "" } else { "s" },
+        if stranded.len() == 1 { "is" } else { "are" },
+    );
+    for (name, phase) in stranded.iter().take(REPORT_AT_MOST) {
+        report.push_str(&format!("\n  {name} (phase {phase})"));
+    }
+    if stranded.len() > REPORT_AT_MOST {
+        report.push_str(&format!("\n  and {} more", stranded.len() - REPORT_AT_MOST));
+    }
+    report.push_str(&format!(
+        "\nmap each removed phase to the phase that replaces it (`renamedPhases: {{{}: <new phase>}}`), or apply the change once no resource is in it",
+        phases[0]
+    ));
+    Some(report)
 }
 
 #[cfg(test)]
@@ -282,5 +367,114 @@ mod tests {
                 .encode()
                 .contains("lifecycle_rules_reload_total{result=\"error\"} 1")
         );
+    }
+
+    /// The default rules with phase `Running` renamed `Executing`, and `extra` appended.
+    fn renamed_running(extra: &str) -> String {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(root.join("lifecycle.yaml")).unwrap();
+        assert!(text.contains("  Running:\n") && text.contains("to: Running\n"));
+        format!(
+            "{}{extra}",
+            text.replace("  Running:\n", "  Executing:\n")
+                .replace("to: Running\n", "to: Executing\n")
+        )
+    }
+
+    fn in_phase(name: &str, phase: Option<&str>) -> (String, Value) {
+        let status = phase.map_or(serde_json::json!({}), |p| serde_json::json!({ "phase": p }));
+        (
+            format!("ns/{name}"),
+            serde_json::json!({ "status": status }),
+        )
+    }
+
+    #[test]
+    fn only_resources_in_a_removed_unmapped_phase_are_stranded() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_default_rules(dir.path());
+        let file = dir.path().join("lifecycle.yaml");
+        let old = Rules::load(&file, &[]).unwrap();
+        let resources = vec![
+            in_phase("running", Some("Running")),
+            in_phase("done", Some("Completed")),
+            in_phase("new", None),
+            // unknown to the running rules already: not this change's doing
+            in_phase("odd", Some("Bogus")),
+        ];
+        std::fs::write(&file, renamed_running("")).unwrap();
+        let new = Rules::load(&file, &[]).unwrap();
+        assert_eq!(
+            stranded(&old, &new, &resources),
+            vec![("ns/running".to_string(), "Running".to_string())]
+        );
+        let report = stranding_report(&old, &new, &resources).unwrap();
+        assert!(
+            report.contains("removes phase `Running` that 1 resource is in")
+                && report.contains("\n  ns/running (phase Running)\n")
+                && report.contains("`renamedPhases: {Running: <new phase>}`"),
+            "{report}"
+        );
+        // mapped: nothing is stranded, and the engine reads the old name as the new one
+        std::fs::write(
+            &file,
+            renamed_running("renamedPhases:\n  Running: Executing\n"),
+        )
+        .unwrap();
+        let mapped = Rules::load(&file, &[]).unwrap();
+        assert!(stranded(&old, &mapped, &resources).is_empty());
+        assert_eq!(stranding_report(&old, &mapped, &resources), None);
+        let executing = mapped.phase_index("Executing").unwrap();
+        assert_eq!(
+            crate::engine::phase_of(&mapped, &resources[0].1),
+            Ok(executing)
+        );
+        // and a later change that drops the mapping strands it again
+        assert_eq!(stranded(&mapped, &new, &resources).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_change_that_strands_a_resource_is_refused_until_the_phase_is_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_default_rules(dir.path());
+        let file = dir.path().join("lifecycle.yaml");
+        let rules = Arc::new(Rules::load(&file, &[]).unwrap());
+        let first = rules.revision.clone();
+        let metrics = Arc::new(Metrics::new());
+        let (handle, mut errors) = start(
+            rules,
+            Config {
+                file: file.clone(),
+                overrides: vec![],
+                debounce: Duration::from_millis(50),
+                poll: Duration::from_millis(200),
+            },
+            metrics.clone(),
+        );
+        handle.set_census(Arc::new(|| vec![in_phase("wf-1", Some("Running"))]));
+        std::fs::write(&file, renamed_running("")).unwrap();
+        let report = tokio::time::timeout(Duration::from_secs(5), errors.recv())
+            .await
+            .expect("a report")
+            .unwrap();
+        assert!(report.contains("ns/wf-1 (phase Running)"), "{report}");
+        assert_eq!(handle.current().revision, first);
+        assert_eq!(handle.state().last_error.as_deref(), Some(report.as_str()));
+        assert!(
+            metrics
+                .encode()
+                .contains("lifecycle_rules_reload_total{result=\"error\"} 1")
+        );
+        std::fs::write(
+            &file,
+            renamed_running("renamedPhases:\n  Running: Executing\n"),
+        )
+        .unwrap();
+        assert!(
+            wait_for(|| handle.current().revision != first).await,
+            "the mapped change was not accepted"
+        );
+        assert!(handle.current().phase_index("Executing").is_some());
+        assert_eq!(handle.state().last_error, None);
     }
 }

@@ -8,6 +8,7 @@ mod deploy;
 mod faults;
 mod partition;
 mod proxy;
+mod rollout;
 mod smoke;
 // Helpers not every test uses.
 #[allow(dead_code)]

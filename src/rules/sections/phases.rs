@@ -1,8 +1,9 @@
 //! `phases`: each phase with its poll interval, per-observation sync and transitions, and the one
 //! initial phase.
 //!
-//! Transition targets become phase indices here; whether the graph they form makes sense
-//! (reachable, terminal, the lock) is a check of the whole ([`crate::rules::checks`]).
+//! Also `renamedPhases`: the phases that replace removed ones. Transition targets become phase
+//! indices here; whether the graph they form makes sense (reachable, terminal, the lock) is a
+//! check of the whole ([`crate::rules::checks`]).
 
 use crate::rules::compiled::{Deps, PhaseRules, TransitionRules};
 use crate::rules::compiler::{Compiler, Scope};
@@ -116,5 +117,34 @@ impl Compiler<'_> {
             .and_then(|n| phase_names.iter().position(|p| p == n))
             .unwrap_or(0);
         (phases, initial)
+    }
+
+    /// `renamedPhases`: each old name must be gone from `phases`, each new one must be there.
+    pub(crate) fn compile_renamed_phases(&mut self, raw: &RulesFile) -> Vec<(String, usize)> {
+        let at = DocPath::root().key("renamedPhases");
+        let phase_names: Vec<String> = raw.phases.keys().cloned().collect();
+        let mut out = Vec::new();
+        for (old, new) in &raw.renamed_phases {
+            if raw.phases.contains_key(old) {
+                self.key_problem(
+                    &at.key(old),
+                    format!("`{old}` is still a phase; `renamedPhases` maps only phases the rules no longer have (remove this entry, or the phase)"),
+                );
+                continue;
+            }
+            match phase_names.iter().position(|n| n == new) {
+                Some(i) => out.push((old.clone(), i)),
+                None if self.broken.contains(&format!("phases.{new}")) => {}
+                None => self.problem(
+                    &at.key(old),
+                    format!(
+                        "`{old}` is renamed to unknown phase `{new}`{} (phases: {})",
+                        did_you_mean(new, &phase_names),
+                        phase_names.join(", ")
+                    ),
+                ),
+            }
+        }
+        out
     }
 }

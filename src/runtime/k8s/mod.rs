@@ -291,6 +291,24 @@ pub async fn run(
             .default_backoff(),
     )
     .applied_objects();
+    // a reload must not strand a resource of this cache in a phase the new rules lack
+    let census_store = resource_store.clone();
+    rules.set_census(Arc::new(move || {
+        census_store
+            .state()
+            .iter()
+            .map(|o| {
+                (
+                    format!(
+                        "{}/{}",
+                        o.metadata.namespace.as_deref().unwrap_or_default(),
+                        o.metadata.name.as_deref().unwrap_or_default()
+                    ),
+                    serde_json::json!({ "status": o.data.get("status") }),
+                )
+            })
+            .collect()
+    }));
     let controller =
         Controller::for_stream_with(resource_stream, resource_store, resource_ar.clone())
             .with_config(ControllerConfig::default().concurrency(settings.concurrency))
