@@ -57,6 +57,16 @@ impl RulesHandle {
         }
     }
 
+    /// The governed resources in the watch cache (none before the controller has one).
+    pub fn census(&self) -> Vec<(String, Value)> {
+        let census = self
+            .census
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        census.map(|c| c()).unwrap_or_default()
+    }
+
     /// Where reloads find the resources a change must not strand (the watch cache, once the
     /// controller has one).
     pub fn set_census(&self, census: Census) {

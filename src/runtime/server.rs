@@ -95,6 +95,10 @@ async fn metrics(State(s): State<ServerState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.metrics.encode(),
+        {
+            s.metrics
+                .count_resources(&s.rules.current(), &s.rules.census());
+            s.metrics.encode()
+        },
     )
 }

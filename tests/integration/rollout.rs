@@ -282,4 +282,10 @@ async fn a_reload_that_removes_a_phase_in_use_is_refused_unless_the_phase_is_map
         !ctl.readyz().await.expect("/readyz").1.contains("REJECTED"),
         "the accepted change clears the report"
     );
+    // the resources by phase and the revision that last acted on them
+    let m = ctl.metrics().await;
+    for revision in [&first, &mapped] {
+        let series = format!("lifecycle_resources{{phase=\"Completed\",revision=\"{revision}\"}}");
+        assert_eq!(support::metric_value(&m, &series), 1.0, "{series}\n{m}");
+    }
 }
