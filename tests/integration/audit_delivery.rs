@@ -25,8 +25,11 @@ enum Mode {
     Refuse(u16, Option<u64>),
 }
 
-/// A small HTTP receiver (one request per connection, so stopping it refuses at once).
+/// A small HTTP receiver (one request per connection, so stopping it refuses at once), on a
+/// runtime of its own: the test's own runtime, busy listing thousands of resources, must not
+/// slow it down.
 struct Receiver {
+    runtime: Option<tokio::runtime::Runtime>,
     port: u16,
     mode: Arc<Mutex<Mode>>,
     records: Arc<Mutex<Vec<Value>>>,
@@ -34,9 +37,24 @@ struct Receiver {
     server: Option<tokio::task::JoinHandle<()>>,
 }
 
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 impl Receiver {
     async fn start() -> Receiver {
         let mut r = Receiver {
+            runtime: Some(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("the receiver's runtime"),
+            ),
             port: 0,
             mode: Arc::new(Mutex::new(Mode::Accept)),
             records: Arc::default(),
@@ -53,16 +71,18 @@ impl Receiver {
 
     /// Starts listening (on the same port as before, if any).
     async fn up(&mut self) {
-        let listener = TcpListener::bind(("127.0.0.1", self.port))
-            .await
-            .expect("the receiver's port");
+        let listener =
+            std::net::TcpListener::bind(("127.0.0.1", self.port)).expect("the receiver's port");
+        listener.set_nonblocking(true).expect("non-blocking");
         self.port = listener.local_addr().unwrap().port();
         let (mode, records, answers) = (
             self.mode.clone(),
             self.records.clone(),
             self.answers.clone(),
         );
-        self.server = Some(tokio::spawn(async move {
+        let runtime = self.runtime.as_ref().expect("a runtime");
+        self.server = Some(runtime.spawn(async move {
+            let listener = TcpListener::from_std(listener).expect("a tokio listener");
             loop {
                 let Ok((mut conn, _)) = listener.accept().await else {
                     return;
@@ -322,10 +342,15 @@ async fn every_transition_is_audited_through_kills_an_endpoint_outage_and_a_back
         .chain(invalid.iter().cloned())
         .collect();
     // a generous deadline, growing with the backlog (the machine's API server sets the pace)
+    let settle_deadline = Instant::now() + Duration::from_secs(120 + backlog as u64 / 4);
     let finals: HashMap<String, Value> = eventually(
         Duration::from_secs(120 + backlog as u64 / 4),
         "every resource in its terminal phase, locks released",
         || async {
+            // listing thousands of resources costs: once a second is enough
+            if Instant::now() < settle_deadline {
+                tokio::time::sleep(Duration::from_millis(900)).await;
+            }
             let list = s
                 .wfes()
                 .list(&kube::api::ListParams::default())
