@@ -9,6 +9,7 @@ mod faults;
 mod partition;
 mod proxy;
 mod rollout;
+mod schema;
 mod smoke;
 // Helpers not every test uses.
 #[allow(dead_code)]

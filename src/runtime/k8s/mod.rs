@@ -10,6 +10,7 @@
 mod client;
 mod lease;
 mod reconcile;
+mod status_guard;
 
 pub use client::{Clients, Timeouts, connect, is_timeout};
 pub use lease::{Fence, LeaseConfig};
@@ -100,6 +101,7 @@ pub struct Ctx {
     pub(crate) recorder: Recorder,
     pub(crate) shard: Option<(u32, u32)>,
     pub(crate) failures: std::sync::Mutex<HashMap<String, u32>>,
+    pub(crate) status_guard: status_guard::StatusGuard,
 }
 
 /// Readiness of the shell, for `/readyz`.
@@ -257,6 +259,7 @@ pub async fn run(
         recorder,
         shard: settings.shard,
         failures: std::sync::Mutex::new(HashMap::new()),
+        status_guard: status_guard::StatusGuard::default(),
     });
 
     // every swap of the rules reconciles every resource once

@@ -2,6 +2,7 @@
 //! out, again until nothing is left to do) is the engine's [`drive`]; this file reads objects
 //! (the watch cache first) and carries out one effect at a time against the API server.
 
+use super::status_guard::{STATUS_NOT_PERSISTED, lost_fields};
 use super::{Ctx, Error, backoff, shard_of};
 use crate::engine::drive::{DriveError, Outcome, World, drive};
 use crate::engine::{self, ActionError, Decision, Effect, ObjectKey, Observation};
@@ -317,13 +318,33 @@ async fn carry_out(w: &mut Cluster<'_>, effect: &Effect) -> Result<Outcome<Error
                 .pointer("/metadata/resourceVersion")
                 .cloned()
                 .unwrap_or(Value::Null);
+            let uid = text_at(resource, "/metadata/uid");
+            if ctx
+                .status_guard
+                .is_futile(&uid, patch, rv.as_str().unwrap_or(""))
+            {
+                // sent from this very version before, and the API server did not keep it
+                pretend_written(resource, patch);
+                return Ok(Outcome::Done);
+            }
             let body = json!({"metadata": {"resourceVersion": rv}, "status": patch});
             ctx.metrics.api("patch-status", &kind);
             match w.api.patch_status(&w.name, &pp, &Patch::Merge(&body)).await {
                 Ok(o) => *resource = to_value(&o),
-                Err(e) if code(&e) == 404 => return Ok(Outcome::Gone),
+                Err(e) if code(&e) == 404 => {
+                    ctx.status_guard.forget(&uid);
+                    return Ok(Outcome::Gone);
+                }
                 Err(e) if code(&e) == 409 => return refresh(w, &kind).await,
                 Err(e) => return Err(classify(&e, "patch status")),
+            }
+            let lost = lost_fields(patch, resource.get("status"));
+            let after = text_at(resource, "/metadata/resourceVersion");
+            if ctx.status_guard.record(&uid, patch, &after, &lost) {
+                report_not_persisted(ctx, resource, &w.label, &lost).await;
+            }
+            if !lost.is_empty() {
+                pretend_written(resource, patch);
             }
         }
         Effect::CreateExecution { object } => {
@@ -394,6 +415,53 @@ async fn carry_out(w: &mut Cluster<'_>, effect: &Effect) -> Result<Outcome<Error
         Effect::Metric(m) => ctx.metrics.record(m),
     }
     Ok(Outcome::Done)
+}
+
+fn text_at(v: &Value, pointer: &str) -> String {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Applies a status patch the API server did not keep to this reconcile's copy of the resource,
+/// so that the next decision does not ask for it again (the copy is dropped with the reconcile).
+fn pretend_written(resource: &mut Value, patch: &Value) {
+    if let Some(obj) = resource.as_object_mut() {
+        let status = obj
+            .entry("status")
+            .or_insert_with(|| Value::Object(Default::default()));
+        engine::status::apply_merge_patch(status, patch);
+    }
+}
+
+/// Reports, once, a status write whose fields the API server did not keep.
+async fn report_not_persisted(ctx: &Ctx, resource: &Value, label: &str, lost: &[String]) {
+    let fields = lost.join(", ");
+    tracing::warn!(resource = %label, fields = %fields, "the API server did not keep these status fields as written (pruned or changed by the CRD's schema); the same write is not repeated until the resource changes");
+    ctx.metrics.error(STATUS_NOT_PERSISTED);
+    let note = engine::status::truncate(
+        &format!(
+            "The API server did not keep {fields} as written: the CRD's schema prunes or changes them. Declare them in the CRD or change the rules (lifecycle check --crd)."
+        ),
+        1024,
+    );
+    let event = Event {
+        type_: EventType::Warning,
+        reason: STATUS_NOT_PERSISTED.into(),
+        note: Some(note),
+        action: "PatchStatus".into(),
+        secondary: None,
+    };
+    ctx.metrics.api("create", "Event");
+    if let Err(e) = ctx
+        .recorder
+        .publish(&event, &object_reference(resource, &ctx.resource_ar))
+        .await
+    {
+        tracing::warn!(error = %e, reason = STATUS_NOT_PERSISTED, "cannot record an Event");
+        ctx.metrics.error("EventFailed");
+    }
 }
 
 /// Re-reads the resource after a write lost a conflict.
