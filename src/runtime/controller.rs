@@ -201,6 +201,14 @@ async fn run(
         watch: args.watch_timeout,
     };
     let clients = k8s::connect(args.context.as_deref(), &timeouts, fence, metrics.clone()).await?;
+    // the status the rules write must survive the API server's pruning, now and on reloads
+    let crd = k8s::governed_schema(&clients.control, &rules).await;
+    if let Some(crd) = &crd {
+        rules
+            .check_schema(crd)
+            .map_err(|e| k8s::Error::RulesDoNotFitCrd(e.to_string()))?;
+        tracing::info!(crd = %crd.crd, "rules checked against the governed kind's CRD");
+    }
     metrics.declare(&rules);
     let (handle, reload_errors) = reload::start(
         rules.clone(),
@@ -209,6 +217,7 @@ async fn run(
             overrides: args.set.clone(),
             debounce: args.reload_debounce,
             poll: Duration::from_secs(30),
+            crd,
         },
         metrics.clone(),
     );

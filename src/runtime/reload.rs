@@ -12,7 +12,7 @@
 //! rules neither have nor map with `renamedPhases`. The periodic check tries a refused change
 //! again, so it applies once no resource is left in the removed phase.
 
-use crate::rules::Rules;
+use crate::rules::{LoadError, Rules};
 use crate::runtime::metrics::Metrics;
 use notify::{RecursiveMode, Watcher};
 use serde_json::Value;
@@ -100,6 +100,8 @@ pub struct Config {
     pub debounce: Duration,
     /// Interval of the backup check.
     pub poll: Duration,
+    /// The governed kind's CRD, read at start: every reload is checked against its schema.
+    pub crd: Option<crate::rules::KindSchema>,
 }
 
 /// Starts watching; returns the handle and a channel of rejected-change reports.
@@ -200,7 +202,15 @@ async fn run(
         }
         let file = config.file.clone();
         let overrides = config.overrides.clone();
-        let loaded = tokio::task::spawn_blocking(move || Rules::load(&file, &overrides)).await;
+        let crd = config.crd.clone();
+        let loaded = tokio::task::spawn_blocking(move || -> Result<Rules, LoadError> {
+            let rules = Rules::load(&file, &overrides)?;
+            if let Some(crd) = &crd {
+                rules.check_schema(crd)?;
+            }
+            Ok(rules)
+        })
+        .await;
         let loaded = match loaded {
             Ok(r) => r,
             Err(e) => {
@@ -350,6 +360,7 @@ mod tests {
                 overrides: vec![],
                 debounce: Duration::from_millis(50),
                 poll: Duration::from_millis(200),
+                crd: None,
             },
             metrics.clone(),
         );
@@ -458,6 +469,7 @@ mod tests {
                 overrides: vec![],
                 debounce: Duration::from_millis(50),
                 poll: Duration::from_millis(200),
+                crd: None,
             },
             metrics.clone(),
         );

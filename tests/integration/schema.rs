@@ -207,3 +207,76 @@ async fn a_status_write_the_api_server_prunes_is_reported_once_and_not_repeated(
         "Workflow is running",
     );
 }
+
+/// The default rules with `teamNote` written by the Running phase's `sync`, which the CRD does
+/// not declare.
+fn rules_with_team_note() -> String {
+    let rules = std::fs::read_to_string(repo_root().join("lifecycle.yaml")).expect("default rules");
+    let anchor = "        pipelineRunStatus: >-\n";
+    assert!(
+        rules.contains(anchor),
+        "the Running sync writes pipelineRunStatus"
+    );
+    rules.replacen(
+        anchor,
+        &format!("        teamNote: \"on call\"\n{anchor}"),
+        1,
+    )
+}
+
+#[tokio::test]
+async fn the_controller_checks_the_rules_against_the_cluster_crd_at_start_and_on_reload() {
+    let s = Scope::new("crdcheck").await;
+    let rules_dir = s.dir.path().join("rules");
+    std::fs::create_dir_all(rules_dir.join("templates")).expect("rules folder");
+    let file = rules_dir.join("lifecycle.yaml");
+    std::fs::copy(repo_root().join("lifecycle.yaml"), &file).expect("rules copy");
+    for name in ["pipelinerun.yaml", "failure-summary.txt"] {
+        std::fs::copy(
+            repo_root().join("templates").join(name),
+            rules_dir.join("templates").join(name),
+        )
+        .expect("template copy");
+    }
+
+    // the shipped RBAC lets the controller identity read the CRD, and the default rules fit it
+    let mut ctl = ControllerProcess::spawn(s.env, s.dir.path(), "ctl", &s.run_args(&file, "1h"));
+    ctl.wait_ready().await;
+    assert!(
+        ctl.log()
+            .contains("rules checked against the governed kind's CRD"),
+        "{}",
+        ctl.log()
+    );
+
+    // a reload that writes a field the CRD lacks is refused, with its place in the rules file
+    std::fs::write(&file, rules_with_team_note()).expect("rules edit");
+    let (_, body) = eventually(
+        Duration::from_secs(30),
+        "/readyz to show the rejected change",
+        || async {
+            ctl.readyz()
+                .await
+                .filter(|(_, body)| body.contains("REJECTED"))
+        },
+    )
+    .await;
+    assert!(
+        body.contains("phases.Running.sync.status.teamNote")
+            && body.contains("lifecycle.yaml:")
+            && body.contains("would drop it"),
+        "{body}"
+    );
+    ctl.terminate().await;
+
+    // and a controller started on those rules stops at once, with the report
+    let mut broken =
+        ControllerProcess::spawn(s.env, s.dir.path(), "broken", &s.run_args(&file, "1h"));
+    let (code, log) = broken.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("phases.Running.sync.status.teamNote")
+            && log.contains("`status.teamNote` is not in the schema"),
+        "{log}"
+    );
+}

@@ -8,9 +8,12 @@
 //! several steps in one reconcile instead of waiting for its own watch events.
 
 mod client;
+mod crd;
 mod lease;
 mod reconcile;
 mod status_guard;
+
+pub use crd::governed_schema;
 
 pub use client::{Clients, Timeouts, connect, is_timeout};
 pub use lease::{Fence, LeaseConfig};
@@ -53,6 +56,9 @@ pub enum Error {
     /// The settings cannot work.
     #[error("{0}")]
     Settings(String),
+    /// The rules write status the governed kind's CRD would not keep.
+    #[error("{0}")]
+    RulesDoNotFitCrd(String),
 }
 
 impl Error {
@@ -65,6 +71,7 @@ impl Error {
             Error::Connect(_) => "Connect",
             Error::Unsettled(_) => crate::engine::drive::Unsettled::CATEGORY,
             Error::Settings(_) => "Settings",
+            Error::RulesDoNotFitCrd(_) => "RulesInvalid",
         }
     }
 }
