@@ -7,6 +7,8 @@ use crate::runtime::audit::{self, AuditSink};
 use crate::runtime::k8s::{self, LeaseConfig, Readiness, Settings};
 use crate::runtime::metrics::Metrics;
 use crate::runtime::reload;
+use crate::runtime::secure_metrics;
+use crate::runtime::server::{self, Endpoints};
 use clap::{Args, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,13 +32,37 @@ pub struct RunArgs {
     /// Only govern resources in this namespace (default: all namespaces).
     #[arg(long, env = "LIFECYCLE_NAMESPACE")]
     pub namespace: Option<String>,
-    /// Address of /healthz, /readyz and /metrics.
+    /// Address of /healthz, /readyz and /metrics (of /metrics alone with --health-address).
     #[arg(
         long,
         env = "LIFECYCLE_METRICS_ADDRESS",
         default_value = "0.0.0.0:8080"
     )]
     pub metrics_address: SocketAddr,
+    /// Serve /metrics over HTTPS, only to callers the API server authenticates (TokenReview)
+    /// and authorises to `get` the non-resource URL /metrics (SubjectAccessReview); needs
+    /// `create` on tokenreviews and subjectaccessreviews. Without it, plain HTTP for anyone.
+    #[arg(long, env = "LIFECYCLE_METRICS_SECURE")]
+    pub metrics_secure: bool,
+    /// PEM certificate (chain) of the secure metrics endpoint, read at start (default: a
+    /// self-signed certificate made at start); with --metrics-key-file.
+    #[arg(
+        long,
+        env = "LIFECYCLE_METRICS_CERT_FILE",
+        requires_all = ["metrics_key_file", "metrics_secure"]
+    )]
+    pub metrics_cert_file: Option<PathBuf>,
+    /// PEM private key of --metrics-cert-file.
+    #[arg(
+        long,
+        env = "LIFECYCLE_METRICS_KEY_FILE",
+        requires_all = ["metrics_cert_file", "metrics_secure"]
+    )]
+    pub metrics_key_file: Option<PathBuf>,
+    /// Address of /healthz and /readyz over plain HTTP, apart from /metrics (default: served
+    /// with /metrics, over HTTPS too with --metrics-secure).
+    #[arg(long, env = "LIFECYCLE_HEALTH_ADDRESS")]
+    pub health_address: Option<SocketAddr>,
     /// Reconciles running at once.
     #[arg(long, env = "LIFECYCLE_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
@@ -112,6 +138,17 @@ pub struct RunArgs {
     pub log_format: LogFormat,
 }
 
+/// The endpoints' listeners, bound before the controller talks to the cluster, and the TLS
+/// identity of a secure /metrics.
+struct Listeners {
+    /// `/metrics`, and the probes unless they have their own.
+    metrics: tokio::net::TcpListener,
+    /// The probes' own (`--health-address`).
+    health: Option<tokio::net::TcpListener>,
+    /// With `--metrics-secure`.
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+}
+
 /// Log format.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 pub enum LogFormat {
@@ -153,6 +190,21 @@ pub fn main(args: RunArgs) -> ExitCode {
         eprintln!("--shard-index must be below --shard-count (got {i} of {n})");
         return ExitCode::from(2);
     }
+    let tls = if args.metrics_secure {
+        let files = args
+            .metrics_cert_file
+            .as_deref()
+            .zip(args.metrics_key_file.as_deref());
+        match crate::runtime::secure_metrics::tls_config(files) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                eprintln!("--metrics-secure: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -165,15 +217,32 @@ pub fn main(args: RunArgs) -> ExitCode {
     };
     // Bound before anything talks to the API server: a controller that cannot serve its probes
     // and metrics would be restarted blind, or run unobserved, so it does not start at all.
-    let listener = match runtime.block_on(crate::runtime::server::bind(args.metrics_address)) {
+    let metrics_endpoints = if args.health_address.is_some() {
+        Endpoints::Metrics
+    } else {
+        Endpoints::All
+    };
+    let bound = runtime.block_on(async {
+        let metrics = server::bind(args.metrics_address, metrics_endpoints).await?;
+        let health = match args.health_address {
+            Some(address) => Some(server::bind(address, Endpoints::Probes).await?),
+            None => None,
+        };
+        Ok::<_, server::BindError>(Listeners {
+            metrics,
+            health,
+            tls,
+        })
+    });
+    let listeners = match bound {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(address = %e.address, error = %e.source, "cannot serve /healthz, /readyz, /metrics");
+            tracing::error!(address = %e.address, error = %e.source, "cannot serve {}", e.endpoints);
             eprintln!("error: {e}");
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(args, rules, listener)) {
+    match runtime.block_on(run(args, rules, listeners)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "the controller stopped");
@@ -183,11 +252,7 @@ pub fn main(args: RunArgs) -> ExitCode {
     }
 }
 
-async fn run(
-    args: RunArgs,
-    rules: Arc<Rules>,
-    listener: tokio::net::TcpListener,
-) -> Result<(), k8s::Error> {
+async fn run(args: RunArgs, rules: Arc<Rules>, listeners: Listeners) -> Result<(), k8s::Error> {
     tracing::info!(rules = %rules.file.display(), revision = %rules.revision, "rules loaded");
     let metrics = Arc::new(Metrics::new());
     let fence = if args.leader_elect {
@@ -248,16 +313,45 @@ async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let server_state = crate::runtime::server::ServerState {
+    let server_state = server::ServerState {
         metrics: metrics.clone(),
         rules: handle.clone(),
         readiness: readiness.clone(),
     };
     let addr = args.metrics_address;
+    let Listeners {
+        metrics: listener,
+        health,
+        tls,
+    } = listeners;
+    let separate_probes = health.is_some();
+    if let Some(health) = health {
+        let (state, stop) = (server_state.clone(), stopped(stop_rx.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = server::serve_plain(health, state, Endpoints::Probes, stop).await {
+                tracing::error!(error = %e, "serving /healthz, /readyz failed");
+            }
+        });
+    }
     let server_stop = stopped(stop_rx.clone());
+    let auth = tls.map(|tls| (tls, secure_metrics::Authorizer::new(client.clone())));
     tokio::spawn(async move {
-        if let Err(e) = crate::runtime::server::serve(listener, server_state, server_stop).await {
-            tracing::error!(address = %addr, error = %e, "serving /healthz, /readyz, /metrics failed");
+        let served = match auth {
+            Some((tls, auth)) => {
+                let probes = !separate_probes;
+                secure_metrics::serve(listener, server_state, tls, auth, probes, server_stop).await
+            }
+            None => {
+                let endpoints = if separate_probes {
+                    Endpoints::Metrics
+                } else {
+                    Endpoints::All
+                };
+                server::serve_plain(listener, server_state, endpoints, server_stop).await
+            }
+        };
+        if let Err(e) = served {
+            tracing::error!(address = %addr, error = %e, "serving the endpoints failed");
         }
     });
     let identity = args

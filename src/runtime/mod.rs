@@ -6,11 +6,13 @@
 //! - [`k8s`]: watches, caches, the reconcile of one resource, leader election;
 //! - [`reload`]: live reload of the rules file and its templates;
 //! - [`audit`]: delivery of audit records to their sinks;
-//! - [`metrics`] and [`server`]: Prometheus metrics and the health/metrics HTTP endpoint.
+//! - [`metrics`] and [`server`]: Prometheus metrics and the health/metrics HTTP endpoint;
+//! - [`secure_metrics`]: `/metrics` over HTTPS for callers the API server authorises.
 
 pub mod audit;
 pub mod controller;
 pub mod k8s;
 pub mod metrics;
 pub mod reload;
+pub mod secure_metrics;
 pub mod server;
