@@ -45,6 +45,147 @@ fn deploy_rules_are_a_copy_of_the_top_level_rules() {
     );
 }
 
+/// The files of `dir` (names, sorted), empty when it cannot be read.
+fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_chart_carries_a_copy_of_the_top_level_rules_and_the_crd() {
+    let r = root();
+    let hint = "run scripts/sync-deploy-rules";
+    let chart = r.join("charts/lifecycle-engine");
+    for (source, copy) in [
+        ("lifecycle.yaml", "files/lifecycle.yaml"),
+        ("templates", "files/templates"),
+        ("deploy/base/crds", "crds"),
+    ] {
+        let (source_path, copy_path) = (r.join(source), chart.join(copy));
+        let pairs: Vec<(std::path::PathBuf, std::path::PathBuf)> = if source_path.is_dir() {
+            let names = file_names(&source_path);
+            assert!(!names.is_empty(), "{source} is empty");
+            assert_eq!(
+                file_names(&copy_path),
+                names,
+                "charts/lifecycle-engine/{copy} has other files than {source}: {hint}"
+            );
+            names
+                .iter()
+                .map(|n| (source_path.join(n), copy_path.join(n)))
+                .collect()
+        } else {
+            vec![(source_path, copy_path)]
+        };
+        for (a, b) in pairs {
+            assert!(
+                std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap_or_default(),
+                "{} differs from {}: {hint}",
+                b.display(),
+                a.display()
+            );
+        }
+    }
+}
+
+/// Markers around the generated `lifecycle run` reference in docs/operations.md.
+const FLAGS_BEGIN: &str = "<!-- lifecycle run flags: generated from the flag definitions (the text of \
+                           `lifecycle run --help`); `LIFECYCLE_UPDATE_DOCS=1 cargo test --lib \
+                           repo_tests` rewrites it -->";
+const FLAGS_END: &str = "<!-- end of lifecycle run flags -->";
+
+/// The `lifecycle run` flags as a Markdown table: flag, environment variable, default, help.
+fn run_flags_table() -> String {
+    use clap::Args;
+    let mut cmd = crate::runtime::controller::RunArgs::augment_args(clap::Command::new("run"));
+    cmd.build();
+    let mut out =
+        String::from("| flag | environment | default | what it does |\n|---|---|---|---|\n");
+    for arg in cmd.get_arguments() {
+        let Some(long) = arg.get_long() else {
+            continue;
+        };
+        if long == "help" {
+            continue;
+        }
+        let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
+        let flag = if takes_value {
+            let name = arg
+                .get_value_names()
+                .and_then(|names| names.first())
+                .map_or_else(|| long.to_uppercase(), |n| n.to_string());
+            format!("`--{long} {name}`")
+        } else {
+            format!("`--{long}`")
+        };
+        let env = arg
+            .get_env()
+            .map(|e| format!("`{}`", e.to_string_lossy()))
+            .unwrap_or_default();
+        let default: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| format!("`{}`", v.to_string_lossy()))
+            .collect();
+        let mut help = arg
+            .get_long_help()
+            .or(arg.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace('|', "\\|");
+        let values: Vec<String> = arg
+            .get_possible_values()
+            .iter()
+            .filter(|v| !v.is_hide_set())
+            .map(|v| format!("`{}`", v.get_name()))
+            .collect();
+        if !help.is_empty() && !help.ends_with('.') {
+            help.push('.');
+        }
+        if !values.is_empty() {
+            help.push_str(&format!(" One of {}.", values.join(", ")));
+        }
+        out.push_str(&format!(
+            "| {flag} | {env} | {} | {help} |\n",
+            default.join(", ")
+        ));
+    }
+    out
+}
+
+#[test]
+fn the_operations_guide_lists_every_lifecycle_run_flag() {
+    let path = root().join("docs/operations.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (Some(begin), Some(end)) = (text.find(FLAGS_BEGIN), text.find(FLAGS_END)) else {
+        panic!(
+            "docs/operations.md lacks the markers of the lifecycle run flags:\n{FLAGS_BEGIN}\n{FLAGS_END}"
+        );
+    };
+    let start = begin + FLAGS_BEGIN.len();
+    let generated = format!("\n{}", run_flags_table());
+    if text[start..end] != generated {
+        if std::env::var_os("LIFECYCLE_UPDATE_DOCS").is_some() {
+            let updated = format!("{}{generated}{}", &text[..start], &text[end..]);
+            std::fs::write(&path, updated).unwrap();
+            return;
+        }
+        panic!(
+            "the lifecycle run flags in docs/operations.md differ from the flag definitions; \
+             LIFECYCLE_UPDATE_DOCS=1 cargo test --lib repo_tests rewrites them. Expected:{generated}"
+        );
+    }
+}
+
 /// What the pure core must never use: the network, processes, the file system, the environment,
 /// the clock, or an async runtime. Each entry is a text that would appear in code using it.
 const IMPURE: &[&str] = &[

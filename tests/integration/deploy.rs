@@ -139,10 +139,16 @@ async fn the_deployment_as_shipped_runs_the_default_lifecycle() {
             .collect();
         ConfigMapVolume::create(&root.join(path.trim_start_matches('/')), &files);
     }
+    // The endpoints are read over plain HTTP on one loopback port here; the secure /metrics
+    // the Deployment turns on is checked in metrics_auth.rs and helm.rs.
     let mut args: Vec<String> = container["args"]
         .as_array()
         .expect("args")
         .iter()
+        .filter(|a| {
+            let a = a.as_str().unwrap_or_default();
+            a != "--metrics-secure" && !a.starts_with("--health-address=")
+        })
         .map(|a| {
             let a = a.as_str().unwrap_or_default();
             if let Some(path) = a.strip_prefix("--rules=") {
