@@ -91,11 +91,14 @@ enum Decision {
     Forbidden(String),
 }
 
+/// Decisions by a hash of (verb, path, token), with when they expire.
+type DecisionCache = HashMap<[u8; 32], (Decision, Instant)>;
+
 /// Asks the API server who a caller is and whether it may read a path; caches the answers.
 #[derive(Clone)]
 pub struct Authorizer {
     client: kube::Client,
-    cache: Arc<Mutex<HashMap<[u8; 32], (Decision, Instant)>>>,
+    cache: Arc<Mutex<DecisionCache>>,
 }
 
 impl Authorizer {
@@ -140,7 +143,7 @@ impl Authorizer {
         Ok(decision)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Decision, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DecisionCache> {
         // a panic elsewhere cannot leave the map inconsistent: use it as it is
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -6,6 +6,8 @@ mod cli;
 mod controller;
 mod deploy;
 mod faults;
+mod helm;
+mod metrics_auth;
 mod partition;
 mod proxy;
 mod rollout;
