@@ -334,7 +334,12 @@ async fn run(args: RunArgs, rules: Arc<Rules>, listeners: Listeners) -> Result<(
         });
     }
     let server_stop = stopped(stop_rx.clone());
-    let auth = tls.map(|tls| (tls, secure_metrics::Authorizer::new(client.clone())));
+    let auth = tls.map(|tls| {
+        (
+            tls,
+            secure_metrics::Authorizer::new(clients.control.clone()),
+        )
+    });
     tokio::spawn(async move {
         let served = match auth {
             Some((tls, auth)) => {
