@@ -17,12 +17,15 @@ use tokio::sync::Semaphore;
 
 use crate::load::{BENCH_NS_LABEL, Shared, earliest, lock, write_retried};
 use crate::prometheus::Requests;
-use crate::reload::RELOAD_LABEL;
 use crate::sample::now_ms;
 use crate::subject::Subject;
 
 /// The task of every run the player plays (its TaskRun is `<run>-run`, its one step `run`).
 const TASK: &str = "run";
+
+/// The label the reload samples set on the execution objects (through their template); the
+/// player reads it back to time when a changed run is first seen.
+pub const RELOAD_LABEL: &str = "bench.lifecycle-engine/reload";
 
 /// What the player is told: whose runs to play and how.
 pub struct Play {

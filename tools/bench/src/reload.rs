@@ -9,12 +9,10 @@ use anyhow::{Result, anyhow, bail};
 
 use crate::controller::Controller;
 use crate::load::{Creator, lock};
+use crate::player::RELOAD_LABEL;
 use crate::report::ReloadSample;
 use crate::sample::now_ms;
 use crate::session::Session;
-
-/// The label the samples set on the execution objects (through their template).
-pub const RELOAD_LABEL: &str = "bench.lifecycle-engine/reload";
 
 impl Session<'_> {
     /// Sample `k`: labels the execution template `r<k>`, then creates a probe resource every
