@@ -11,6 +11,7 @@
 //! (numbers stay numbers, `none` stays null); any other template renders to a string.
 
 mod filters;
+pub mod scan;
 
 /// A template value (the context templates are rendered with).
 pub use minijinja::Value as JValue;
@@ -131,6 +132,16 @@ impl Templates {
         Ok(self.names.len() - 1)
     }
 
+    /// How many templates the set holds (ids are `0..len()`).
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether the set holds no template.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
     /// Id of a template file added with [`Templates::add_file`].
     pub fn file_id(&self, name: &str) -> Option<usize> {
         self.keys.iter().position(|k| k == name)
@@ -184,20 +195,39 @@ impl Templates {
     /// Variables template `id` reads from its context, as dotted paths (`values.reason`),
     /// including those of the files it includes.
     pub fn variables(&self, id: usize) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        let mut todo = vec![id];
-        let mut seen = BTreeSet::new();
-        while let Some(i) = todo.pop() {
-            if !seen.insert(i) {
-                continue;
-            }
+        self.variables_by_template(id)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    /// Variables each template reads, with the id of the template (`id` itself or a file it
+    /// includes) whose text reads it, so that a problem can be placed where it is written.
+    pub fn variables_by_template(&self, id: usize) -> Vec<(usize, String)> {
+        let mut out = Vec::new();
+        for i in self.reached(id) {
             if let Some(t) = self.template(i) {
+                let sorted: BTreeSet<String> = t.undeclared_variables(true).into_iter().collect();
                 out.extend(
-                    t.undeclared_variables(true)
+                    sorted
                         .into_iter()
-                        .filter(|v| v != "__result"),
+                        .filter(|v| v != "__result")
+                        .map(|v| (i, v)),
                 );
             }
+        }
+        out
+    }
+
+    /// `id` and every file it includes, directly or not, each once.
+    pub fn reached(&self, id: usize) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut todo = vec![id];
+        while let Some(i) = todo.pop() {
+            if out.contains(&i) {
+                continue;
+            }
+            out.push(i);
             for name in self.includes.get(i).into_iter().flatten() {
                 if let Some(j) = self.file_id(name) {
                     todo.push(j);
@@ -205,6 +235,48 @@ impl Templates {
             }
         }
         out
+    }
+
+    /// Whether template `id` is a file of the templates folder (not a string of the rules).
+    pub fn is_file(&self, id: usize) -> bool {
+        self.keys.get(id).is_some_and(|k| !k.starts_with('@'))
+    }
+
+    /// The text of template `id` as written (an expression is wrapped in `{% set %}`).
+    pub fn source(&self, id: usize) -> Option<String> {
+        self.env
+            .get_template(self.keys.get(id)?)
+            .ok()
+            .map(|t| t.source().to_string())
+    }
+
+    /// The filters and tests template `id`'s own text calls that the environment lacks (the
+    /// files it includes are checked as themselves).
+    pub fn unknown_calls(&self, id: usize) -> Vec<scan::Named> {
+        let Some(source) = self.source(id) else {
+            return Vec::new();
+        };
+        scan::calls(&source)
+            .into_iter()
+            .filter(|n| !self.knows(n.what, &n.name))
+            .collect()
+    }
+
+    /// Whether the environment has this filter or test (a name is known unless calling it
+    /// says it is unknown; a missing argument still shows the name exists).
+    fn knows(&self, what: &str, name: &str) -> bool {
+        let (probe, unknown) = if what == "test" {
+            (
+                format!("{{{{ none is {name} }}}}"),
+                minijinja::ErrorKind::UnknownTest,
+            )
+        } else {
+            (
+                format!("{{{{ none | {name} }}}}"),
+                minijinja::ErrorKind::UnknownFilter,
+            )
+        };
+        !matches!(self.env.render_str(&probe, ()), Err(e) if e.kind() == unknown)
     }
 
     /// Names of files template `id` includes that are not loaded.

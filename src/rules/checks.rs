@@ -14,7 +14,8 @@ use crate::expr::Root;
 use crate::render::FUNCTIONS;
 
 impl Compiler<'_> {
-    /// Every template may read only the documented context.
+    /// Every template may read only the documented context, and call only known filters and
+    /// tests. A problem in a template file is placed at its line in that file.
     pub(crate) fn check_variables(&mut self, rules: &Rules) {
         let uses = std::mem::take(&mut self.uses);
         for (id, scope, at, vars) in &uses {
@@ -24,101 +25,170 @@ impl Compiler<'_> {
                     format!("includes `{missing}`, which is not in the templates folder"),
                 );
             }
-            for var in rules.templates.variables(*id) {
-                let mut parts = var.split('.');
-                let top = parts.next().unwrap_or("");
-                let second = parts.next();
-                if FUNCTIONS.contains(&top) || top == "loop" {
+            for (written, var) in rules.templates.variables_by_template(*id) {
+                if let Some(msg) = self.variable_problem(&var, *scope, vars.as_ref()) {
+                    let top = var.split('.').next().unwrap_or("");
+                    self.problem_in(rules, at, written, top, msg);
+                }
+            }
+        }
+        self.check_calls(rules, &uses);
+        self.uses = uses;
+    }
+
+    /// Unknown filters and tests, in every template in use and every template file.
+    fn check_calls(&mut self, rules: &Rules, uses: &[super::compiler::TemplateUse]) {
+        let t = &rules.templates;
+        let mut seen = std::collections::BTreeSet::new();
+        for (id, _, at, _) in uses {
+            for i in t.reached(*id) {
+                if !seen.insert(i) {
                     continue;
                 }
-                if top == "vars" {
-                    if *scope != Scope::Action {
-                        self.problem(
-                            at,
-                            "`vars` is available in the effects of a transition or action (status, conditions, events, audit, metrics, vars), not in guards, values, validation or the execution object",
-                        );
-                    } else if let (Some(name), Some(declared)) = (second, vars)
-                        && !declared.contains(name)
-                    {
-                        self.problem(at, format!("`vars.{name}` is not declared: the transition that uses this must declare it in `vars` (a variable can read only those declared before it; declared here: {})", list_or_none(&declared.iter().cloned().collect::<Vec<_>>())));
-                    }
-                    continue;
-                }
-                if top == "transition" {
-                    if *scope != Scope::Action {
-                        self.problem(
-                            at,
-                            "`transition` is available in the effects of a transition or action (status, conditions, events, audit, metrics, vars), not in guards, values, validation or the execution object",
-                        );
-                    }
-                    continue;
-                }
-                if top == "outcome" {
-                    if *scope != Scope::Sim {
-                        self.problem(at, "`outcome` is only available inside `simulation`");
-                    }
-                    continue;
-                }
-                if top == "item" {
-                    if *scope != Scope::Item {
-                        self.problem(at, "`item` is only available inside `where` filters");
-                    }
-                    continue;
-                }
-                if *scope == Scope::Sim
-                    && !["execution", "object", "resource", "settings", "now"].contains(&top)
-                {
-                    self.problem(at, format!("`{top}` is not available in simulation changes: they can read execution, object, resource, settings, now and outcome"));
-                    continue;
-                }
-                let Some(root) = Root::from_name(top) else {
-                    let mut readable: Vec<&str> = Root::ALL.iter().map(|r| r.name()).collect();
-                    readable.extend(match scope {
-                        Scope::Action => &["vars", "transition"][..],
-                        Scope::Item => &["item"][..],
-                        Scope::Sim => &["outcome"][..],
-                        Scope::Plain => &[][..],
-                    });
-                    self.problem(
-                        at,
-                        format!(
-                            "unknown variable `{top}`{}: templates can read {}",
-                            did_you_mean(top, &readable),
-                            readable.join(", ")
-                        ),
-                    );
-                    continue;
-                };
-                if let Some(name) = second {
-                    let (known, what) = match root {
-                        Root::Values => (&self.value_names, "value"),
-                        Root::Settings => (&self.setting_names, "setting"),
-                        Root::Related => (&self.related_names, "related object list"),
-                        _ => continue,
-                    };
-                    if !known.iter().any(|k| k == name)
-                        && !self.broken.contains(&format!(
-                            "{}.{name}",
-                            if root == Root::Values {
-                                "values"
-                            } else if root == Root::Related {
-                                "related"
-                            } else {
-                                "settings"
-                            }
-                        ))
-                    {
-                        let msg = format!(
-                            "unknown {what} `{name}`{} (defined: {})",
-                            did_you_mean(name, known),
-                            list_or_none(known)
-                        );
+                for call in t.unknown_calls(i) {
+                    let msg = format!("unknown {} `{}`", call.what, call.name);
+                    if t.is_file(i) {
+                        self.problem_at_line(rules, i, call.line, call.column, msg);
+                    } else {
                         self.problem(at, msg);
                     }
                 }
             }
         }
-        self.uses = uses;
+        for i in (0..rules.templates.len()).filter(|i| t.is_file(*i) && !seen.contains(i)) {
+            for call in t.unknown_calls(i) {
+                let msg = format!("unknown {} `{}`", call.what, call.name);
+                self.problem_at_line(rules, i, call.line, call.column, msg);
+            }
+        }
+    }
+
+    /// A problem with a variable: at `at` for a string of the rules file, at the variable's
+    /// first read for a template file (`written`).
+    fn problem_in(&mut self, rules: &Rules, at: &DocPath, written: usize, var: &str, msg: String) {
+        let t = &rules.templates;
+        if !t.is_file(written) {
+            self.problem(at, msg);
+            return;
+        }
+        let (line, column) = t
+            .source(written)
+            .and_then(|s| crate::render::scan::first_read(&s, var))
+            .unwrap_or((1, 1));
+        self.problem_at_line(
+            rules,
+            written,
+            line,
+            column,
+            format!("{msg} (used by {at})"),
+        );
+    }
+
+    /// A problem at a line and column of template file `id`.
+    fn problem_at_line(
+        &mut self,
+        rules: &Rules,
+        id: usize,
+        line: usize,
+        column: usize,
+        msg: String,
+    ) {
+        self.problems.push(super::Problem {
+            file: self
+                .templates_dir
+                .join(rules.templates.name(id))
+                .display()
+                .to_string(),
+            line,
+            column,
+            path: "(template)".into(),
+            message: msg,
+        });
+    }
+
+    /// What is wrong with a template reading `var` in `scope`, if anything.
+    fn variable_problem(
+        &self,
+        var: &str,
+        scope: Scope,
+        vars: Option<&std::collections::BTreeSet<String>>,
+    ) -> Option<String> {
+        let mut parts = var.split('.');
+        let top = parts.next().unwrap_or("");
+        let second = parts.next();
+        if FUNCTIONS.contains(&top) || top == "loop" {
+            return None;
+        }
+        if top == "vars" {
+            if scope != Scope::Action {
+                return Some("`vars` is available in the effects of a transition or action (status, conditions, events, audit, metrics, vars), not in guards, values, validation or the execution object".into());
+            } else if let (Some(name), Some(declared)) = (second, vars)
+                && !declared.contains(name)
+            {
+                return Some(format!(
+                    "`vars.{name}` is not declared: the transition that uses this must declare it in `vars` (a variable can read only those declared before it; declared here: {})",
+                    list_or_none(&declared.iter().cloned().collect::<Vec<_>>())
+                ));
+            }
+            return None;
+        }
+        if top == "transition" {
+            return (scope != Scope::Action).then(|| "`transition` is available in the effects of a transition or action (status, conditions, events, audit, metrics, vars), not in guards, values, validation or the execution object".into());
+        }
+        if top == "outcome" {
+            return (scope != Scope::Sim)
+                .then(|| "`outcome` is only available inside `simulation`".into());
+        }
+        if top == "item" {
+            return (scope != Scope::Item)
+                .then(|| "`item` is only available inside `where` filters".into());
+        }
+        if scope == Scope::Sim
+            && !["execution", "object", "resource", "settings", "now"].contains(&top)
+        {
+            return Some(format!(
+                "`{top}` is not available in simulation changes: they can read execution, object, resource, settings, now and outcome"
+            ));
+        }
+        let Some(root) = Root::from_name(top) else {
+            let mut readable: Vec<&str> = match scope {
+                Scope::Identity => vec!["resource", "settings"],
+                _ => Root::ALL.iter().map(|r| r.name()).collect(),
+            };
+            readable.extend(match scope {
+                Scope::Action => &["vars", "transition"][..],
+                Scope::Item => &["item"][..],
+                Scope::Sim => &["outcome"][..],
+                Scope::Plain | Scope::Identity => &[][..],
+            });
+            return Some(format!(
+                "unknown variable `{top}`{}: templates can read {}",
+                did_you_mean(top, &readable),
+                readable.join(", ")
+            ));
+        };
+        if scope == Scope::Identity
+            && !matches!(root, Root::Resource | Root::Settings | Root::Object)
+        {
+            return Some(format!(
+                "the execution object's name and namespace may read only `resource` and `settings`, not `{top}`: they are computed before anything else is read (the controller and the simulator find the object by them), so `{top}` is not known yet; compute it in the template from the resource instead"
+            ));
+        }
+        let name = second?;
+        let (known, what, section) = match root {
+            Root::Values => (&self.value_names, "value", "values"),
+            Root::Settings => (&self.setting_names, "setting", "settings"),
+            Root::Related => (&self.related_names, "related object list", "related"),
+            _ => return None,
+        };
+        if known.iter().any(|k| k == name) || self.broken.contains(&format!("{section}.{name}")) {
+            return None;
+        }
+        Some(format!(
+            "unknown {what} `{name}`{} (defined: {})",
+            did_you_mean(name, known),
+            list_or_none(known)
+        ))
     }
 
     /// The phase graph: every phase reachable, terminal phases final, the others not, a

@@ -21,8 +21,10 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Where a template is used, to decide which variables it may read.
 #[derive(Clone, Copy, PartialEq)]
 pub(crate) enum Scope {
-    /// Values, guards, validation, execution identity: no `vars`.
+    /// Values, guards, validation: no `vars`.
     Plain,
+    /// The execution object's name and namespace: only `resource` and `settings`.
+    Identity,
     /// Inside an action: `vars` allowed.
     Action,
     /// Inside a `where` filter: `item` allowed.
@@ -54,6 +56,8 @@ pub(crate) struct Compiler<'a> {
     pub(crate) setting_names: Vec<String>,
     /// Names of entries that failed to parse, so that references to them are not reported.
     pub(crate) broken: BTreeSet<String>,
+    /// The templates folder, to name a template file in problems.
+    pub(crate) templates_dir: std::path::PathBuf,
 }
 
 /// Compiles rules from their sources, `overrides` replacing settings (`NAME=VALUE`).
@@ -72,6 +76,7 @@ pub(crate) fn compile(
         related_names: Vec::new(),
         setting_names: Vec::new(),
         broken: BTreeSet::new(),
+        templates_dir: sources.templates_dir.clone(),
     };
     let Some(raw) = c.parse(&sources.text) else {
         return Err(invalid(c.problems, &display));
@@ -322,12 +327,26 @@ impl Compiler<'_> {
         }
     }
 
-    /// `group/version`, or `version` for the core group.
+    /// `group/version`, or `version` for the core group; taken literally, never a template.
     pub(crate) fn check_api_version(&mut self, at: &DocPath, v: &str) {
+        if is_templated(v) {
+            self.problem(at, format!("`{v}` is a template, but an apiVersion is taken literally: the controller watches the kinds the rules name before any resource is read"));
+            return;
+        }
+        let group_ok = |g: &str| {
+            !g.is_empty()
+                && g.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        };
+        let version_ok = |v: &str| {
+            !v.is_empty()
+                && v.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        };
         let parts: Vec<_> = v.split('/').collect();
         let ok = match parts.as_slice() {
-            [version] => !version.is_empty(),
-            [group, version] => !group.is_empty() && !version.is_empty(),
+            [version] => version_ok(version),
+            [group, version] => group_ok(group) && version_ok(version),
             _ => false,
         };
         if !ok {
@@ -337,6 +356,27 @@ impl Compiler<'_> {
             );
         }
     }
+}
+
+impl Compiler<'_> {
+    /// A kind: a name such as `ConfigMap`, taken literally, never a template.
+    pub(crate) fn check_kind(&mut self, at: &DocPath, kind: &str) {
+        if is_templated(kind) {
+            self.problem(at, format!("`{kind}` is a template, but a kind is taken literally: the controller watches the kinds the rules name before any resource is read"));
+        } else if !kind.starts_with(|c: char| c.is_ascii_alphabetic())
+            || !kind.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            self.problem(
+                at,
+                format!("`{kind}` is not a kind (letters and digits, starting with a letter, e.g. `ConfigMap`)"),
+            );
+        }
+    }
+}
+
+/// Whether a string holds template syntax.
+fn is_templated(s: &str) -> bool {
+    s.contains("{{") || s.contains("{%") || s.contains("{#")
 }
 
 /// Items joined with commas, or `none`.

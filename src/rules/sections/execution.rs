@@ -11,8 +11,9 @@ impl Compiler<'_> {
     pub(crate) fn compile_execution(&mut self, ex: &ExecutionSpec) -> ExecutionRules {
         let xat = DocPath::root().key("execution");
         self.check_api_version(&xat.key("apiVersion"), &ex.api_version);
-        let namespace = self.tmpl(&xat.key("namespace"), &ex.namespace, Scope::Plain, None);
-        let name = self.tmpl(&xat.key("name"), &ex.name, Scope::Plain, None);
+        self.check_kind(&xat.key("kind"), &ex.kind);
+        let namespace = self.tmpl(&xat.key("namespace"), &ex.namespace, Scope::Identity, None);
+        let name = self.tmpl(&xat.key("name"), &ex.name, Scope::Identity, None);
         let template = self.templates.file_id(&ex.template).unwrap_or(usize::MAX);
         if template != usize::MAX {
             self.uses

@@ -4,6 +4,7 @@
 //! Their `where` filter runs in the shell, before any template, so it may use only the plain
 //! predicate forms.
 
+use crate::expr::Root;
 use crate::rules::compiled::RelatedRules;
 use crate::rules::compiler::{Compiler, Scope};
 use crate::rules::locate::DocPath;
@@ -24,7 +25,13 @@ impl Compiler<'_> {
                 continue;
             }
             self.check_api_version(&at.key("apiVersion"), &r.api_version);
+            self.check_kind(&at.key("kind"), &r.kind);
             let from = self.path(&at.key("from"), &r.from, false);
+            if let Some(p) = &from
+                && p.root() != Some(Root::Execution)
+            {
+                self.problem(&at.key("from"), format!("`{}` does not start at `$.execution`: a related list is read from the references the execution object lists (its namespace is the default), so `from` must be rooted there", r.from));
+            }
             let name_path = self.path(&at.key("name"), &r.name, true);
             let namespace_path = r
                 .namespace

@@ -10,6 +10,7 @@ impl Compiler<'_> {
     pub(crate) fn compile_resource(&mut self, res: &ResourceSpec) -> ResourceRules {
         let rat = DocPath::root().key("resource");
         self.check_api_version(&rat.key("apiVersion"), &res.api_version);
+        self.check_kind(&rat.key("kind"), &res.kind);
         ResourceRules {
             api_version: res.api_version.clone(),
             kind: res.kind.clone(),
