@@ -160,30 +160,48 @@ struct RunLog {
     relist: Option<HashMap<String, (String, String)>>,
     /// the most runs live at once for one target label
     max_live: BTreeMap<String, usize>,
-    /// every run uid ever seen per target label
+    /// every run uid ever seen per target label, by the watch or by a player
     uids: BTreeMap<String, BTreeSet<String>>,
     created: u64,
+    /// lists after the first: the watch could not resume (410 Gone after an API server restart)
+    relists: u64,
+    /// runs a player saw that the watch never did (they lived while it was re-listing)
+    unseen_by_watch: u64,
+}
+
+/// A run's name, uid and target label.
+fn run_identity(o: &DynamicObject) -> (String, String, String) {
+    let target = o
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("kubernaut.ai/target-resource"))
+        .cloned()
+        .unwrap_or_default();
+    (
+        o.metadata.name.clone().unwrap_or_default(),
+        o.metadata.uid.clone().unwrap_or_default(),
+        target,
+    )
 }
 
 impl RunLog {
-    fn apply(&mut self, o: &DynamicObject) {
-        let name = o.metadata.name.clone().unwrap_or_default();
-        let uid = o.metadata.uid.clone().unwrap_or_default();
-        let target = o
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("kubernaut.ai/target-resource"))
-            .cloned()
-            .unwrap_or_default();
-        if self
+    /// Records a run's uid under its target label; true when it is new.
+    fn record(&mut self, uid: &str, target: &str) -> bool {
+        let new = self
             .uids
-            .entry(target.clone())
+            .entry(target.to_string())
             .or_default()
-            .insert(uid.clone())
-        {
+            .insert(uid.to_string());
+        if new {
             self.created += 1;
         }
+        new
+    }
+
+    fn apply(&mut self, o: &DynamicObject) {
+        let (name, uid, target) = run_identity(o);
+        self.record(&uid, &target);
         self.live.insert(name, (uid, target));
         self.count();
     }
@@ -200,7 +218,10 @@ impl RunLog {
     }
 }
 
-/// Watches the PipelineRuns of a scope for the whole test.
+/// Watches the PipelineRuns of a scope for the whole test. A watch has a blind spot: when it
+/// cannot resume after an API server restart (410 Gone), it lists again, and a run created and
+/// deleted before that list is never seen. The players report each run they play
+/// ([`RunWatch::played`]), so every run a lifecycle used is counted whatever the watch saw.
 struct RunWatch {
     log: Arc<Mutex<RunLog>>,
     task: tokio::task::JoinHandle<()>,
@@ -213,19 +234,21 @@ impl RunWatch {
         let (l, n) = (log.clone(), synced.clone());
         let task = tokio::spawn(async move {
             let mut stream = watcher(runs, watcher::Config::default()).boxed();
+            let mut lists = 0u64;
             while let Some(event) = stream.next().await {
                 let Ok(event) = event else { continue };
                 let mut log = l.lock().unwrap();
                 match event {
-                    watcher::Event::Init => log.relist = Some(HashMap::new()),
+                    watcher::Event::Init => {
+                        lists += 1;
+                        log.relists = lists - 1;
+                        log.relist = Some(HashMap::new());
+                    }
                     watcher::Event::InitApply(o) => {
                         log.apply(&o);
-                        let entry = log
-                            .live
-                            .get(o.metadata.name.as_deref().unwrap_or_default())
-                            .cloned();
-                        if let (Some(relist), Some(e)) = (log.relist.as_mut(), entry) {
-                            relist.insert(o.metadata.name.clone().unwrap_or_default(), e);
+                        let (name, uid, target) = run_identity(&o);
+                        if let Some(relist) = log.relist.as_mut() {
+                            relist.insert(name, (uid, target));
                         }
                     }
                     watcher::Event::InitDone => {
@@ -248,6 +271,26 @@ impl RunWatch {
 
     fn created(&self) -> u64 {
         self.log.lock().unwrap().created
+    }
+
+    /// Counts the runs the players played (as [`play`] returns them), among the created ones.
+    fn played<'a>(&self, runs: impl IntoIterator<Item = &'a DynamicObject>) {
+        let mut log = self.log.lock().unwrap();
+        for run in runs {
+            let (_, uid, target) = run_identity(run);
+            if log.record(&uid, &target) {
+                log.unseen_by_watch += 1;
+            }
+        }
+    }
+
+    /// What the watch saw, for a test's `figures:` line.
+    fn figures(&self) -> String {
+        let log = self.log.lock().unwrap();
+        format!(
+            "{} runs created ({} of them seen by a player only, the watch re-listed {} times)",
+            log.created, log.unseen_by_watch, log.relists
+        )
     }
 
     /// Asserts that no target ever had more than one live run, and that each target in
@@ -289,7 +332,15 @@ enum Outcome {
 /// Creates the resource after a delay, then plays Tekton for its run: started, then succeeded or
 /// failed (with a failed TaskRun), at pseudo-random moments; waits until the resource is
 /// terminal. Works through controller crashes and API server restarts (every call is retried).
-async fn play(s: &Scope, name: &str, target: &str, outcome: Outcome, mut rng: Rng, spread_ms: u64) {
+/// Returns the run as the player first saw it (for [`RunWatch::played`]).
+async fn play(
+    s: &Scope,
+    name: &str,
+    target: &str,
+    outcome: Outcome,
+    mut rng: Rng,
+    spread_ms: u64,
+) -> DynamicObject {
     tokio::time::sleep(rng.ms(0, spread_ms)).await;
     let body = wfe_body(target);
     let object = DynamicObject::new(name, &support::workflowexecutions()).data(body);
@@ -301,7 +352,7 @@ async fn play(s: &Scope, name: &str, target: &str, outcome: Outcome, mut rng: Rn
     })
     .await;
     let run = run_name(target);
-    until(120, &format!("PipelineRun of {name}"), || async {
+    let played = until(120, &format!("PipelineRun of {name}"), || async {
         s.runs().get_opt(&run).await.ok().flatten()
     })
     .await;
@@ -377,6 +428,7 @@ async fn play(s: &Scope, name: &str, target: &str, outcome: Outcome, mut rng: Rn
         }
     }
     wait_for(s, name, 180, "a terminal phase", terminal).await;
+    played
 }
 
 /// Replaces an object's status (as Tekton does), retrying conflicts and API server restarts.

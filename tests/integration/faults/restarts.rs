@@ -41,7 +41,8 @@ async fn lifecycles_survive_a_controller_killed_at_random_moments() {
             .iter()
             .map(|(n, t, o, r)| play(&s, n, t, *o, r.clone(), spread)),
     );
-    let (after_create, _) = tokio::join!(killer, players);
+    let (after_create, played) = tokio::join!(killer, players);
+    watch.played(&played);
 
     for (n, t, o, _) in &items {
         assert_finished(&s, n, t, *o).await;
@@ -57,9 +58,10 @@ async fn lifecycles_survive_a_controller_killed_at_random_moments() {
     assert_no_panic(&s);
     let failed = items.iter().filter(|i| i.2 == Outcome::Fails).count();
     eprintln!(
-        "figures: crash: {m} lifecycles ({failed} failing), {kills} SIGKILLs ({after_create} right after a run was created), {} controller processes, {} audit transitions checked",
+        "figures: crash: {m} lifecycles ({failed} failing), {kills} SIGKILLs ({after_create} right after a run was created), {} controller processes, {} audit transitions checked, {}",
         kills + 1,
-        2 * m
+        2 * m,
+        watch.figures()
     );
 }
 
@@ -97,7 +99,8 @@ async fn lifecycles_survive_an_api_server_restart_without_a_controller_restart()
             plane.testenv(&["restart-apiserver"]).await;
             assert_ne!(plane.apiserver_pid(), old, "the API server was restarted");
         };
-        tokio::join!(players, restart);
+        let (played, ()) = tokio::join!(players, restart);
+        watch.played(&played);
         all.extend(items);
     }
     for (n, t, o, _) in &all {
@@ -118,7 +121,7 @@ async fn lifecycles_survive_an_api_server_restart_without_a_controller_restart()
     .await;
     // and a resource created well after the restart runs too
     let late = unique_name("late");
-    play(
+    let played = play(
         &s,
         &late,
         "default/deployment/late",
@@ -127,6 +130,7 @@ async fn lifecycles_survive_an_api_server_restart_without_a_controller_restart()
         0,
     )
     .await;
+    watch.played([&played]);
     assert_finished(&s, &late, "default/deployment/late", Outcome::Succeeds).await;
     let mut expected = one_run_each(&all);
     expected.insert(target_label("default/deployment/late"), 1);
@@ -135,8 +139,9 @@ async fn lifecycles_survive_an_api_server_restart_without_a_controller_restart()
     assert_eq!(ctl.pid(), pid, "the same controller process throughout");
     assert_no_panic(&s);
     eprintln!(
-        "figures: apiserver: {} lifecycles, {restarts} API server restarts, 1 controller process",
-        all.len() + 1
+        "figures: apiserver: {} lifecycles, {restarts} API server restarts, 1 controller process, {}",
+        all.len() + 1,
+        watch.figures()
     );
     drop(ctl);
     drop(plane);
@@ -198,12 +203,13 @@ async fn lifecycles_finish_while_another_client_keeps_rewriting_their_metadata()
         }
     };
     let work = async {
-        futures::future::join_all(
+        let played = futures::future::join_all(
             items
                 .iter()
                 .map(|(n, t, o, r)| play(&s, n, t, *o, r.clone(), m * 200)),
         )
         .await;
+        watch.played(&played);
         for (n, t, o, _) in &items {
             assert_finished(&s, n, t, *o).await;
         }
