@@ -99,6 +99,60 @@ async fn kustomize(s: &Scope, dir: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Whether a Deployment runs its controller with leader election.
+pub(crate) fn leader_elects(deployment: &Value) -> bool {
+    deployment
+        .pointer("/spec/template/spec/containers/0/args")
+        .and_then(Value::as_array)
+        .is_some_and(|args| args.iter().any(|a| a == "--leader-elect"))
+}
+
+/// Asserts that rolling out a Deployment never runs two acting controllers. Without leader
+/// election the old pod must be gone before the new one starts (Recreate, one replica); with it
+/// only the Lease holder acts, so a rolling update is right, and maxUnavailable 0 keeps a ready
+/// standby throughout (a leader hands over on SIGTERM, partition.rs shows it).
+pub(crate) fn assert_rollout_never_overlaps(what: &str, deployment: &Value) {
+    let strategy = &deployment["spec"]["strategy"];
+    // the API server's default when no type is given
+    let kind = strategy["type"].as_str().unwrap_or("RollingUpdate");
+    if leader_elects(deployment) {
+        assert_eq!(kind, "RollingUpdate", "{what}: {strategy}");
+        assert_eq!(
+            strategy["rollingUpdate"]["maxUnavailable"], 0,
+            "{what}: {strategy}"
+        );
+    } else {
+        assert_eq!(
+            kind, "Recreate",
+            "{what}: without leader election a rolling update runs two controllers: {strategy}"
+        );
+        assert_eq!(
+            deployment["spec"]["replicas"].as_u64().unwrap_or(1),
+            1,
+            "{what}: more than one replica without leader election"
+        );
+    }
+}
+
+#[tokio::test]
+async fn no_rollout_of_the_kustomizations_runs_two_acting_controllers() {
+    let s = Scope::new("strategy").await;
+    for (dir, elects) in [
+        ("deploy", false),
+        ("deploy/overlays/ha", true),
+        ("deploy/overlays/tekton-runner", false),
+    ] {
+        let objects = kustomize(&s, dir).await;
+        let deployments: Vec<&Value> = objects
+            .iter()
+            .filter(|o| o["kind"] == "Deployment")
+            .collect();
+        assert_eq!(deployments.len(), 1, "{dir}: {deployments:#?}");
+        assert_eq!(leader_elects(deployments[0]), elects, "{dir}");
+        assert_rollout_never_overlaps(dir, deployments[0]);
+    }
+}
+
 #[tokio::test]
 async fn the_deployment_as_shipped_runs_the_default_lifecycle() {
     // deploy/ rendered by kustomize: the Deployment's own arguments and environment, its

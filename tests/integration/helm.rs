@@ -15,6 +15,7 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{Api, DynamicObject};
 use serde_json::{Value, json};
 
+use crate::deploy;
 use crate::metrics_auth::{
     PROBES_SERVING, SECURE_SERVING, get, service_account_token, wait_address, wait_scrape,
     wait_synced,
@@ -44,6 +45,14 @@ fn testenv_binary(name: &str) -> PathBuf {
 /// Runs a testenv binary with `KUBECONFIG` set (when given) in the repository's root; returns
 /// its standard output, panicking with its error output when it fails.
 fn run(binary: &str, args: &[&str], kubeconfig: Option<&Path>) -> String {
+    let (ok, out, err) = run_result(binary, args, kubeconfig);
+    assert!(ok, "{binary} {}:\n{err}\n{out}", args.join(" "));
+    out
+}
+
+/// Runs a testenv binary as [`run`] does; returns whether it succeeded, its standard output and
+/// its error output.
+fn run_result(binary: &str, args: &[&str], kubeconfig: Option<&Path>) -> (bool, String, String) {
     let mut command = std::process::Command::new(testenv_binary(binary));
     command.args(args).current_dir(support::repo_root());
     // helm keeps its state (repositories, cache) under HOME: a folder of the test's own
@@ -59,14 +68,11 @@ fn run(binary: &str, args: &[&str], kubeconfig: Option<&Path>) -> String {
     let out = command
         .output()
         .unwrap_or_else(|e| panic!("running {binary}: {e}"));
-    assert!(
+    (
         out.status.success(),
-        "{binary} {}:\n{}\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The objects of a multi-document YAML stream.
@@ -194,6 +200,52 @@ fn the_chart_lints() {
 fn the_chart_renders_what_kustomize_renders() {
     assert_same_objects("deploy", &[]);
     assert_same_objects("deploy/overlays/ha", &["replicas=2"]);
+}
+
+#[test]
+fn no_rollout_of_the_chart_runs_two_acting_controllers() {
+    for (set, elects) in [
+        (&[][..], false),
+        (&["replicas=2"][..], true),
+        (&["leaderElection.enabled=true"][..], true),
+        (&["shards=2"][..], false),
+        (&["shards=2", "replicas=2"][..], true),
+    ] {
+        let objects = helm_template(set);
+        let deployments: Vec<&Value> = objects
+            .iter()
+            .filter(|o| o["kind"] == "Deployment")
+            .collect();
+        assert!(!deployments.is_empty(), "{set:?}");
+        for d in deployments {
+            let what = format!("{set:?} {}", text(d, "/metadata/name"));
+            assert_eq!(deploy::leader_elects(d), elects, "{what}");
+            deploy::assert_rollout_never_overlaps(&what, d);
+        }
+    }
+    // a strategy given by hand: Recreate is always safe; a RollingUpdate without leader election
+    // is refused with a message that says why
+    let objects = helm_template(&["strategy.type=Recreate", "replicas=2"]);
+    let d = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    assert_eq!(d["spec"]["strategy"], json!({"type": "Recreate"}));
+    let (ok, _, err) = run_result(
+        "helm",
+        &[
+            "template",
+            "lifecycle",
+            CHART,
+            "--set",
+            "strategy.type=RollingUpdate",
+        ],
+        None,
+    );
+    assert!(!ok, "a RollingUpdate without leader election rendered");
+    assert!(
+        err.contains(
+            "a RollingUpdate without leader election runs the old and the new controller at once"
+        ),
+        "{err}"
+    );
 }
 
 #[test]

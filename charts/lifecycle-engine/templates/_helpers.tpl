@@ -67,3 +67,21 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "lifecycle.leaderElect" -}}
 {{- if or .Values.leaderElection.enabled (gt (int .Values.replicas) 1) -}}true{{- end -}}
 {{- end -}}
+
+{{- /* The update strategy: never two acting controllers at once (values.yaml says why). */ -}}
+{{- define "lifecycle.strategy" -}}
+{{- $elect := include "lifecycle.leaderElect" . -}}
+{{- if .Values.strategy -}}
+{{- if and (eq (.Values.strategy.type | default "RollingUpdate") "RollingUpdate") (not $elect) -}}
+{{- fail "strategy: a RollingUpdate without leader election runs the old and the new controller at once; set leaderElection.enabled=true (or replicas above 1), or use Recreate" -}}
+{{- end -}}
+{{- toYaml .Values.strategy -}}
+{{- else if $elect -}}
+type: RollingUpdate
+rollingUpdate:
+  maxSurge: 1
+  maxUnavailable: 0
+{{- else -}}
+type: Recreate
+{{- end -}}
+{{- end -}}
