@@ -1,4 +1,5 @@
-//! The command line: `run`, `check`, `schema`, `graph`, `render`, `simulate`, `test`.
+//! The command line: `run`, `check`, `schema`, `graph`, `render`, `simulate`, `test`, `explain`,
+//! `diff`.
 //!
 //! Each command parses its arguments into settings, calls the library, and prints. Exit codes:
 //! 0 success, 1 the input is wrong (invalid rules, failing tests), 2 the input is unusable
@@ -7,6 +8,7 @@
 //! [`crate::offline::EXIT_OUTPUT_CLOSED`], as a program ended by SIGPIPE would.
 
 mod crd_files;
+mod explain;
 
 use crate::engine::Effect;
 use crate::offline::{out, simulate};
@@ -112,6 +114,40 @@ enum Command {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// Explain a resource: its phase, every guard of the phase with what it read, the values,
+    /// and the decision the engine would take now.
+    Explain {
+        /// The resource in the cluster: NAME or KIND/NAME (the kind the rules govern).
+        name: Option<String>,
+        /// Its namespace.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Kubeconfig context.
+        #[arg(long)]
+        context: Option<String>,
+        /// The resource from a file instead (YAML), with its status.
+        #[arg(long, conflicts_with_all = ["name", "kubeconfig", "context"])]
+        resource: Option<PathBuf>,
+        /// Objects around a --resource (its execution object, related objects): YAML files,
+        /// several documents or a List each.
+        #[arg(long = "objects", requires = "resource")]
+        objects: Vec<PathBuf>,
+        /// Decide at this time (RFC 3339; default: now).
+        #[arg(long)]
+        now: Option<String>,
+        /// The rules file.
+        #[arg(long, default_value = "lifecycle.yaml")]
+        rules: PathBuf,
+        /// Override a setting (NAME=VALUE), as the deployment does.
+        #[arg(long = "set", value_parser = crate::rules::parse_setting)]
+        set: Vec<(String, String)>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -174,6 +210,31 @@ pub fn main() -> ExitCode {
             rules,
             verbose,
         } => crate::offline::scenario::main(&paths, &rules, verbose),
+        Command::Explain {
+            name,
+            namespace,
+            kubeconfig,
+            context,
+            resource,
+            objects,
+            now,
+            rules,
+            set,
+            format,
+        } => explain::main(
+            &rules,
+            &set,
+            explain::Source {
+                name,
+                namespace: Some(namespace),
+                kubeconfig,
+                context,
+                resource,
+                objects,
+                now,
+            },
+            format,
+        ),
     }
 }
 

@@ -351,22 +351,7 @@ impl Decider<'_> {
         if !phase.validate {
             return Ok(());
         }
-        let rules = self.s.rules;
-        for v in &rules.validation {
-            if !self.s.test(&v.require, &v.deps)? {
-                self.s.ensure(&v.deps)?;
-                let ctx = self.s.ctx(None, None);
-                let message = rules
-                    .templates
-                    .text(&v.message, &ctx)
-                    .map_err(template_error)?;
-                self.s
-                    .validation
-                    .set(json!({"rule": v.name, "message": message}));
-                break;
-            }
-        }
-        Ok(())
+        validation(&mut self.s)
     }
 
     /// Step 6, other phases: the first transition whose guard holds (a create first creates the
@@ -585,6 +570,25 @@ impl Decider<'_> {
             error: Some(e),
         }
     }
+}
+
+/// Sets `validation` in the scope to the first validation rule that fails, if any.
+pub(super) fn validation(s: &mut Scope<'_>) -> Result<(), Stop> {
+    let rules = s.rules;
+    for v in &rules.validation {
+        if !s.test(&v.require, &v.deps)? {
+            s.ensure(&v.deps)?;
+            let ctx = s.ctx(None, None);
+            let message = rules
+                .templates
+                .text(&v.message, &ctx)
+                .map_err(template_error)?;
+            s.validation
+                .set(json!({"rule": v.name, "message": message}));
+            break;
+        }
+    }
+    Ok(())
 }
 
 fn check_dns_name(s: &str, max: usize) -> Result<(), String> {

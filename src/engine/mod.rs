@@ -18,6 +18,7 @@ pub mod drive;
 #[cfg(test)]
 mod drive_tests;
 mod effects;
+pub mod explain;
 mod scope;
 #[cfg(test)]
 mod security_tests;

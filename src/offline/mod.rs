@@ -1,6 +1,8 @@
 //! The offline world: a simulated cluster over a virtual clock ([`simulate`]) and rule-file
-//! scenarios ([`scenario`]), for `render`, `simulate` and `test`. Nothing here talks to a cluster.
+//! scenarios ([`scenario`]), for `render`, `simulate` and `test`; observations from files
+//! ([`observe`]) for `explain`. Nothing here talks to a cluster.
 
+pub mod observe;
 pub mod scenario;
 pub mod simulate;
 

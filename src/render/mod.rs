@@ -192,6 +192,19 @@ impl Templates {
         &self.names[id]
     }
 
+    /// The source of template `id` as the rules wrote it (an expression without its braces).
+    pub fn source(&self, id: usize) -> Option<String> {
+        let t = self.template(id)?;
+        let source = t.source();
+        if self.typed.get(id).copied().unwrap_or(false) {
+            return source
+                .strip_prefix("{% set __result = (")
+                .and_then(|s| s.strip_suffix("\n) %}"))
+                .map(str::to_string);
+        }
+        Some(source.to_string())
+    }
+
     /// Variables template `id` reads from its context, as dotted paths (`values.reason`),
     /// including those of the files it includes.
     pub fn variables(&self, id: usize) -> BTreeSet<String> {

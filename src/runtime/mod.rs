@@ -4,6 +4,7 @@
 //!
 //! - [`controller`]: start-up of `lifecycle run` (settings, tracing, the tasks below);
 //! - [`k8s`]: watches, caches, the reconcile of one resource, leader election;
+//! - [`inspect`]: read-only observations of live resources for `explain` and `diff`;
 //! - [`reload`]: live reload of the rules file and its templates;
 //! - [`audit`]: delivery of audit records to their sinks;
 //! - [`metrics`] and [`server`]: Prometheus metrics and the health/metrics HTTP endpoint;
@@ -11,6 +12,7 @@
 
 pub mod audit;
 pub mod controller;
+pub mod inspect;
 pub mod k8s;
 pub mod metrics;
 pub mod reload;

@@ -5,6 +5,7 @@ mod audit_delivery;
 mod cli;
 mod controller;
 mod deploy;
+mod explain;
 mod faults;
 mod helm;
 mod metrics_auth;
