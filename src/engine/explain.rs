@@ -470,7 +470,7 @@ fn test(s: &Scope<'_>, p: &Pred) -> Test {
             let templates = &s.rules.templates;
             Test {
                 test: "expr".into(),
-                subject: templates.source(*id),
+                subject: templates.as_written(*id),
                 against: None,
                 read: templates
                     .variables(*id)

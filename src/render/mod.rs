@@ -193,16 +193,15 @@ impl Templates {
     }
 
     /// The source of template `id` as the rules wrote it (an expression without its braces).
-    pub fn source(&self, id: usize) -> Option<String> {
-        let t = self.template(id)?;
-        let source = t.source();
+    pub fn as_written(&self, id: usize) -> Option<String> {
+        let source = self.source(id)?;
         if self.typed.get(id).copied().unwrap_or(false) {
             return source
                 .strip_prefix("{% set __result = (")
                 .and_then(|s| s.strip_suffix("\n) %}"))
                 .map(str::to_string);
         }
-        Some(source.to_string())
+        Some(source)
     }
 
     /// Variables template `id` reads from its context, as dotted paths (`values.reason`),
