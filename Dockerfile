@@ -12,8 +12,9 @@ RUN cargo build --release --locked --bin lifecycle
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/lifecycle /usr/local/bin/lifecycle
-COPY lifecycle.yaml /etc/lifecycle/lifecycle.yaml
-COPY templates /etc/lifecycle/templates
+# the shipped rules (the top-level lifecycle.yaml and templates/ are links to them)
+COPY deploy/base/rules/lifecycle.yaml /etc/lifecycle/lifecycle.yaml
+COPY deploy/base/rules/templates /etc/lifecycle/templates
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/lifecycle"]

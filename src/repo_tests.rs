@@ -1,5 +1,5 @@
-//! Checks of the repository itself: files generated from others stay in sync, and the pure
-//! core stays pure.
+//! Checks of the repository itself: the shipped rules have one source, generated docs stay in
+//! sync, and the pure core stays pure.
 
 use std::path::Path;
 
@@ -7,42 +7,53 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The shipped rules live once, in deploy/base/rules/ (kustomize reads only files whose real path
+/// is below its folder); every other place that names them is a symbolic link there.
 #[test]
-fn deploy_rules_are_a_copy_of_the_top_level_rules() {
+fn the_shipped_rules_and_the_crd_have_one_source() {
     let r = root();
-    let hint = "run scripts/sync-deploy-rules";
-    let top = std::fs::read(r.join("lifecycle.yaml")).unwrap();
-    let copy = std::fs::read(r.join("deploy/base/rules/lifecycle.yaml")).unwrap_or_default();
-    assert!(
-        top == copy,
-        "deploy/base/rules/lifecycle.yaml differs from lifecycle.yaml: {hint}"
-    );
-    let kustomization = std::fs::read_to_string(r.join("deploy/base/kustomization.yaml")).unwrap();
-    let mut names: Vec<String> = std::fs::read_dir(r.join("templates"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .collect();
-    names.sort();
-    for name in &names {
-        let a = std::fs::read(r.join("templates").join(name)).unwrap();
-        let b = std::fs::read(r.join("deploy/base/rules/templates").join(name)).unwrap_or_default();
+    for (link, source) in [
+        ("lifecycle.yaml", "deploy/base/rules/lifecycle.yaml"),
+        ("templates", "deploy/base/rules/templates"),
+        (
+            "charts/lifecycle-engine/files/lifecycle.yaml",
+            "deploy/base/rules/lifecycle.yaml",
+        ),
+        (
+            "charts/lifecycle-engine/files/templates",
+            "deploy/base/rules/templates",
+        ),
+        ("charts/lifecycle-engine/crds", "deploy/base/crds"),
+        ("deploy/crds", "deploy/base/crds"),
+    ] {
+        let meta =
+            std::fs::symlink_metadata(r.join(link)).unwrap_or_else(|e| panic!("{link}: {e}"));
         assert!(
-            a == b,
-            "deploy/base/rules/templates/{name} differs from templates/{name}: {hint}"
+            meta.file_type().is_symlink(),
+            "{link} must be a symbolic link to {source}, not a copy"
         );
-        assert!(
-            kustomization.contains(&format!("rules/templates/{name}")),
-            "deploy/kustomization.yaml does not list rules/templates/{name} in the lifecycle-templates ConfigMap"
+        assert_eq!(
+            std::fs::canonicalize(r.join(link)).unwrap(),
+            std::fs::canonicalize(r.join(source)).unwrap(),
+            "{link} must link to {source}"
         );
     }
-    let copies = std::fs::read_dir(r.join("deploy/base/rules/templates"))
-        .unwrap()
-        .count();
-    assert_eq!(
-        copies,
-        names.len(),
-        "deploy/base/rules/templates has files templates/ lacks: {hint}"
-    );
+}
+
+/// The kustomize ConfigMap of the templates lists each file (a generator takes files, not
+/// folders): a template added to templates/ and not listed would be missing from the install.
+#[test]
+fn the_kustomization_ships_every_template() {
+    let r = root();
+    let kustomization = std::fs::read_to_string(r.join("deploy/base/kustomization.yaml")).unwrap();
+    let names = file_names(&r.join("deploy/base/rules/templates"));
+    assert!(!names.is_empty(), "deploy/base/rules/templates is empty");
+    for name in &names {
+        assert!(
+            kustomization.contains(&format!("rules/templates/{name}")),
+            "deploy/base/kustomization.yaml does not list rules/templates/{name} in the lifecycle-templates ConfigMap"
+        );
+    }
 }
 
 /// The files of `dir` (names, sorted), empty when it cannot be read.
@@ -55,43 +66,6 @@ fn file_names(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-#[test]
-fn the_chart_carries_a_copy_of_the_top_level_rules_and_the_crd() {
-    let r = root();
-    let hint = "run scripts/sync-deploy-rules";
-    let chart = r.join("charts/lifecycle-engine");
-    for (source, copy) in [
-        ("lifecycle.yaml", "files/lifecycle.yaml"),
-        ("templates", "files/templates"),
-        ("deploy/base/crds", "crds"),
-    ] {
-        let (source_path, copy_path) = (r.join(source), chart.join(copy));
-        let pairs: Vec<(std::path::PathBuf, std::path::PathBuf)> = if source_path.is_dir() {
-            let names = file_names(&source_path);
-            assert!(!names.is_empty(), "{source} is empty");
-            assert_eq!(
-                file_names(&copy_path),
-                names,
-                "charts/lifecycle-engine/{copy} has other files than {source}: {hint}"
-            );
-            names
-                .iter()
-                .map(|n| (source_path.join(n), copy_path.join(n)))
-                .collect()
-        } else {
-            vec![(source_path, copy_path)]
-        };
-        for (a, b) in pairs {
-            assert!(
-                std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap_or_default(),
-                "{} differs from {}: {hint}",
-                b.display(),
-                a.display()
-            );
-        }
-    }
 }
 
 /// Markers around the generated `lifecycle run` reference in docs/operations.md.

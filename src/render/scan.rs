@@ -19,15 +19,10 @@ pub struct Named {
 }
 
 fn tokens(source: &str) -> Vec<(Token<'_>, usize, usize)> {
-    tokenize(
-        source,
-        false,
-        SyntaxConfig,
-        WhitespaceConfig::default(),
-    )
-    .map_while(Result::ok)
-    .map(|(t, s)| (t, s.start_line as usize, s.start_col as usize + 1))
-    .collect()
+    tokenize(source, false, SyntaxConfig, WhitespaceConfig::default())
+        .map_while(Result::ok)
+        .map(|(t, s)| (t, s.start_line as usize, s.start_col as usize + 1))
+        .collect()
 }
 
 /// Every filter (`x | name`, `{% filter name %}`) and test (`x is name`, `x is not name`)

@@ -120,20 +120,7 @@ pub fn start(
         census: census.clone(),
     };
     let (fs_tx, fs_rx) = mpsc::unbounded_channel::<()>();
-    let mut dirs = vec![
-        initial
-            .file
-            .parent()
-            .map(|p| {
-                if p.as_os_str().is_empty() {
-                    PathBuf::from(".")
-                } else {
-                    p.to_path_buf()
-                }
-            })
-            .unwrap_or_else(|| PathBuf::from(".")),
-    ];
-    dirs.push(initial.templates_dir());
+    let dirs = watched_dirs(&initial);
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         // reading the files (our own loads included) is no change
         if let Ok(ev) = res
@@ -168,6 +155,33 @@ pub fn start(
         initial.revision.clone(),
     ));
     (handle, err_rx)
+}
+
+/// The folders to watch: the rules file's and the templates folder, and, when either is reached
+/// through a symbolic link that leads out of them (the repository's top-level `lifecycle.yaml`
+/// and `templates/` link to `deploy/base/rules/`), the folders the links lead to. A ConfigMap
+/// mount's links lead into its own hidden folders, which the recursive watch covers already.
+fn watched_dirs(rules: &Rules) -> Vec<PathBuf> {
+    let file_dir = match rules.file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut dirs = vec![file_dir, rules.templates_dir()];
+    let resolved = [
+        std::fs::canonicalize(&rules.file)
+            .ok()
+            .and_then(|f| f.parent().map(PathBuf::from)),
+        std::fs::canonicalize(rules.templates_dir()).ok(),
+    ];
+    for target in resolved.into_iter().flatten() {
+        let covered = dirs
+            .iter()
+            .any(|d| std::fs::canonicalize(d).is_ok_and(|d| target.starts_with(d)));
+        if !covered {
+            dirs.push(target);
+        }
+    }
+    dirs
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -387,6 +401,54 @@ mod tests {
             metrics
                 .encode()
                 .contains("lifecycle_rules_reload_total{result=\"error\"} 1")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_change_behind_a_symbolic_link_is_reloaded() {
+        // as in the repository: lifecycle.yaml and templates/ link to another folder
+        let dir = tempfile::tempdir().unwrap();
+        let (top, shipped) = (dir.path().join("top"), dir.path().join("shipped"));
+        std::fs::create_dir_all(&top).unwrap();
+        std::fs::create_dir_all(&shipped).unwrap();
+        copy_default_rules(&shipped);
+        for name in ["lifecycle.yaml", "templates"] {
+            std::os::unix::fs::symlink(shipped.join(name), top.join(name)).unwrap();
+        }
+        let file = top.join("lifecycle.yaml");
+        let rules = Arc::new(Rules::load(&file, &[]).unwrap());
+        let first = rules.revision.clone();
+        let (handle, _errors) = start(
+            rules,
+            Config {
+                file,
+                overrides: vec![],
+                debounce: Duration::from_millis(50),
+                // no backup check within the test: only a file notification can reload
+                poll: Duration::from_secs(3600),
+                crd: None,
+            },
+            Arc::new(Metrics::new()),
+        );
+        let shipped_file = shipped.join("lifecycle.yaml");
+        let text = std::fs::read_to_string(&shipped_file).unwrap();
+        std::fs::write(
+            &shipped_file,
+            text.replace("cooldown: 5m ", "cooldown: 7m "),
+        )
+        .unwrap();
+        assert!(
+            wait_for(|| handle.current().revision != first).await,
+            "a change of the linked rules file not picked up"
+        );
+        assert_eq!(handle.current().settings["cooldown"], "7m");
+        let second = handle.current().revision.clone();
+        let template = shipped.join("templates/failure-summary.txt");
+        let text = std::fs::read_to_string(&template).unwrap();
+        std::fs::write(&template, format!("{text} ")).unwrap();
+        assert!(
+            wait_for(|| handle.current().revision != second).await,
+            "a change of a linked template not picked up"
         );
     }
 
