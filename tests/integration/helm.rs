@@ -85,10 +85,15 @@ fn documents(text: &str) -> Vec<Value> {
 
 /// `helm template` of the chart as release `lifecycle` in `lifecycle-system`, CRDs included.
 fn helm_template(set: &[&str]) -> Vec<Value> {
+    helm_template_of(CHART, set)
+}
+
+/// `helm template` of `chart` (a folder or a packaged chart) as [`helm_template`] does.
+fn helm_template_of(chart: &str, set: &[&str]) -> Vec<Value> {
     let mut args = vec![
         "template",
         "lifecycle",
-        CHART,
+        chart,
         "--namespace",
         "lifecycle-system",
         "--include-crds",
@@ -200,6 +205,79 @@ fn the_chart_lints() {
 fn the_chart_renders_what_kustomize_renders() {
     assert_same_objects("deploy", &[]);
     assert_same_objects("deploy/overlays/ha", &["replicas=2"]);
+}
+
+/// The chart's files/ and crds/ are links into deploy/ (the one copy of the shipped rules and the
+/// CRD): helm follows them when it renders the folder and when it packages the chart.
+#[test]
+fn the_chart_renders_and_packages_the_shipped_rules_and_the_crd() {
+    let root = support::repo_root();
+    let read = |path: &str| std::fs::read_to_string(root.join(path)).expect(path);
+    let packages =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("helm-package-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&packages);
+    let out = run(
+        "helm",
+        &[
+            "package",
+            CHART,
+            "--destination",
+            &packages.display().to_string(),
+        ],
+        None,
+    );
+    assert!(out.contains("Successfully packaged"), "{out}");
+    let package = std::fs::read_dir(&packages)
+        .expect("the package folder")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "tgz"))
+        .expect("a packaged chart");
+    let from_package = helm_template_of(&package.display().to_string(), &[]);
+    assert_eq!(
+        from_package,
+        helm_template(&[]),
+        "the package renders otherwise"
+    );
+    let find = |kind: &str, name: &str| {
+        from_package
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("the package renders no {kind} {name}"))
+            .clone()
+    };
+    assert_eq!(
+        find("ConfigMap", "lifecycle-rules")["data"]["lifecycle.yaml"],
+        read("deploy/base/rules/lifecycle.yaml").as_str()
+    );
+    let templates = find("ConfigMap", "lifecycle-templates");
+    let names = std::fs::read_dir(root.join("deploy/base/rules/templates"))
+        .expect("the templates")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    assert!(!names.is_empty());
+    for name in &names {
+        assert_eq!(
+            templates["data"][name.as_str()],
+            read(&format!("deploy/base/rules/templates/{name}")).as_str(),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        templates["data"].as_object().map(|d| d.len()),
+        Some(names.len())
+    );
+    let crd: Value =
+        serde_yaml::from_str(&read("deploy/base/crds/workflowexecution.yaml")).expect("the CRD");
+    assert_eq!(
+        find(
+            "CustomResourceDefinition",
+            "workflowexecutions.kubernaut.ai"
+        ),
+        crd
+    );
+    let _ = std::fs::remove_dir_all(&packages);
 }
 
 #[test]
