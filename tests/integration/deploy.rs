@@ -99,6 +99,14 @@ async fn kustomize(s: &Scope, dir: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The object of `kind` and `name` among rendered `objects`; panics saying what rendered them.
+pub(crate) fn rendered<'a>(objects: &'a [Value], kind: &str, name: &str, what: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{what} renders no {kind} {name}"))
+}
+
 /// Whether a Deployment runs its controller with leader election.
 pub(crate) fn leader_elects(deployment: &Value) -> bool {
     deployment
@@ -159,13 +167,7 @@ async fn the_deployment_as_shipped_runs_the_default_lifecycle() {
     // ConfigMaps laid out as the kubelet mounts them at the Deployment's mount paths
     let s = Scope::new("shipped").await;
     let objects = kustomize(&s, "deploy").await;
-    let find = |kind: &str, name: &str| {
-        objects
-            .iter()
-            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
-            .unwrap_or_else(|| panic!("deploy/ renders no {kind} {name}"))
-            .clone()
-    };
+    let find = |kind: &str, name: &str| rendered(&objects, kind, name, "deploy/");
     let deployment = find("Deployment", "lifecycle-controller");
     let pod = &deployment["spec"]["template"]["spec"];
     let container = &pod["containers"][0];

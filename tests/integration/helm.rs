@@ -239,13 +239,7 @@ fn the_chart_renders_and_packages_the_shipped_rules_and_the_crd() {
         helm_template(&[]),
         "the package renders otherwise"
     );
-    let find = |kind: &str, name: &str| {
-        from_package
-            .iter()
-            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
-            .unwrap_or_else(|| panic!("the package renders no {kind} {name}"))
-            .clone()
-    };
+    let find = |kind: &str, name: &str| deploy::rendered(&from_package, kind, name, "the package");
     assert_eq!(
         find("ConfigMap", "lifecycle-rules")["data"]["lifecycle.yaml"],
         read("deploy/base/rules/lifecycle.yaml").as_str()
@@ -275,7 +269,7 @@ fn the_chart_renders_and_packages_the_shipped_rules_and_the_crd() {
             "CustomResourceDefinition",
             "workflowexecutions.kubernaut.ai"
         ),
-        crd
+        &crd
     );
     let _ = std::fs::remove_dir_all(&packages);
 }
@@ -339,13 +333,7 @@ fn the_chart_renders_shards_and_the_optional_objects() {
         "executionNamespace.name=elsewhere",
         "rules.set.cooldown=10m",
     ]);
-    let find = |kind: &str, name: &str| {
-        objects
-            .iter()
-            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
-            .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
-            .clone()
-    };
+    let find = |kind: &str, name: &str| deploy::rendered(&objects, kind, name, "the chart");
     for index in 0..2 {
         let d = find("Deployment", &format!("lifecycle-controller-shard-{index}"));
         let args: Vec<&str> = d["spec"]["template"]["spec"]["containers"][0]["args"]
