@@ -83,9 +83,10 @@ enum Command {
         #[arg(long, default_value = "lifecycle.yaml")]
         rules: PathBuf,
         /// How the execution object ends: an outcome of the rules' simulation block
-        /// (e.g. `succeeded`, `failed:REASON:MESSAGE`), or `deleted`.
-        #[arg(long, default_value = "succeeded")]
-        outcome: String,
+        /// (e.g. `succeeded`, `failed:REASON:MESSAGE`), or `deleted`. Repeat it for the
+        /// objects of later attempts (a retry's); the last one given repeats.
+        #[arg(long, default_values_t = ["succeeded".to_string()])]
+        outcome: Vec<String>,
         /// Time from the execution object's creation to its outcome.
         #[arg(long, default_value = "45s", value_parser = crate::time::parse_duration)]
         after: f64,
@@ -485,7 +486,7 @@ fn rendered(rules: &Rules, mut resource: Value) -> Rendered {
 fn simulate_cmd(
     resource: &Path,
     rules: &Path,
-    outcome: &str,
+    outcomes: &[String],
     after: f64,
     limit: f64,
     start: &str,
@@ -519,11 +520,13 @@ fn simulate_cmd(
             Vec::new(),
         );
     };
+    let outcome = outcomes.first().map_or("succeeded", String::as_str);
     let mut parts = outcome.splitn(3, ':');
     let script = simulate::Script {
         outcome: parts.next().unwrap_or("succeeded").to_string(),
         reason: parts.next().unwrap_or("").to_string(),
         message: parts.next().unwrap_or("").to_string(),
+        then: outcomes.iter().skip(1).cloned().collect(),
         after,
         limit,
     };
@@ -546,10 +549,11 @@ fn simulate_cmd(
         .unwrap_or(Value::Null);
     match format {
         Format::Text => out(&format!(
-            "Simulating {} with rules {} (revision {}), outcome `{outcome}` after {}:\n\n{}\nFinal status:\n{}",
+            "Simulating {} with rules {} (revision {}), outcome `{}` after {}:\n\n{}\nFinal status:\n{}",
             rules.resource.kind,
             rules.file.display(),
             rules.revision,
+            outcomes.join("`, then `"),
             crate::time::go_duration(after),
             simulate::format_timeline(&world.timeline),
             indent(&serde_yaml::to_string(&status).unwrap_or_default())

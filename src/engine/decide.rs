@@ -62,26 +62,28 @@ pub fn decide(rules: &Rules, obs: &Observation, now: f64) -> Decision {
 }
 
 /// One decision being made.
-struct Decider<'a> {
-    s: Scope<'a>,
+pub(super) struct Decider<'a> {
+    pub(super) s: Scope<'a>,
 }
 
 /// The decision as the steps build it.
-struct Draft {
+pub(super) struct Draft {
     /// The status as observed.
     current: Value,
     /// The status as it should be.
-    desired: Value,
+    pub(super) desired: Value,
     /// Effects that go before the status write's place: the finalizer, the create.
     head: Vec<Effect>,
     /// Effects of the step taken (delete, audit, Events, metrics), ordered at the end.
-    tail: Vec<Effect>,
+    pub(super) tail: Vec<Effect>,
     requeue: Option<f64>,
-    transition: Option<String>,
+    pub(super) transition: Option<String>,
+    /// A new attempt starts in this decision (its execution object is not the observed one).
+    pub(super) fresh_attempt: bool,
 }
 
 impl Draft {
-    fn look_again_in(&mut self, secs: f64) {
+    pub(super) fn look_again_in(&mut self, secs: f64) {
         self.requeue = Some(self.requeue.map_or(secs, |r| r.min(secs)));
     }
 }
@@ -242,14 +244,17 @@ impl Decider<'_> {
             &self.s.rules.resource.status.phase,
             Value::String(self.s.phase_name.clone()),
         );
-        Draft {
+        let mut draft = Draft {
             current,
             desired,
             head: Vec::new(),
             tail: Vec::new(),
             requeue: None,
             transition: None,
-        }
+            fresh_attempt: false,
+        };
+        self.stamp_attempt_fields(&mut draft);
+        draft
     }
 
     /// Step 3: the rules' finalizer, added first when missing.
@@ -363,7 +368,13 @@ impl Decider<'_> {
         draft: &mut Draft,
     ) -> Result<(), Stop> {
         let rules = self.s.rules;
+        if self.pending_retry(draft)? {
+            return Ok(());
+        }
         for t in &phase.transitions {
+            if !self.timer_due(t, draft)? {
+                continue;
+            }
             let guard = match &t.when {
                 Some(w) => self.s.test(w, &t.when_deps)?,
                 None => true,
@@ -378,6 +389,13 @@ impl Decider<'_> {
                 let object = self.s.render_execution(key)?;
                 draft.head.push(Effect::CreateExecution { object });
                 break;
+            }
+            if t.action.execution == Some(ExecutionAction::Create) && self.must_not_adopt() {
+                // the previous attempt's object is still going away: wait for it
+                break;
+            }
+            if self.retry(t, draft)? {
+                return Ok(());
             }
             let to = rules
                 .phases
@@ -401,6 +419,7 @@ impl Decider<'_> {
                 &mut draft.tail,
                 Some(&vars),
             )?;
+            self.entered_now(draft);
             draft.transition = Some(t.name.clone());
             self.s.phase_name = to;
             return Ok(());
@@ -431,6 +450,7 @@ impl Decider<'_> {
         // anyway, so this never costs a write of its own)
         if let Some(field) = &rules.resource.status.execution
             && self.s.owned
+            && !draft.fresh_attempt
             && draft.desired.get(field).is_none()
             && status::merge_patch(&draft.current, &draft.desired).is_some()
         {
@@ -480,6 +500,7 @@ impl Decider<'_> {
             tail,
             mut requeue,
             transition,
+            ..
         } = draft;
         let (audits, rest): (Vec<Effect>, Vec<Effect>) = tail
             .into_iter()

@@ -113,7 +113,7 @@ impl Scope<'_> {
         self.metrics(action, &ctx, out)
     }
 
-    fn delete_execution(&self, ex: &Value) -> Effect {
+    pub(super) fn delete_execution(&self, ex: &Value) -> Effect {
         let field = |p: &str| ex.pointer(p).and_then(Value::as_str).map(str::to_string);
         Effect::DeleteExecution {
             key: ObjectKey {
@@ -215,8 +215,16 @@ impl Scope<'_> {
         Ok(())
     }
 
-    /// A record id that is the same every time this resource takes this step.
+    /// A record id that is the same every time this resource takes this step (in this
+    /// attempt: a later attempt's steps are steps of their own).
     fn event_id(&self, step: &str) -> String {
+        let numbered;
+        let step = if self.attempt > 1 && !step.starts_with("retry#") {
+            numbered = format!("{step}#{}", self.attempt);
+            numbered.as_str()
+        } else {
+            step
+        };
         let meta = self.obs.resource.get("metadata");
         let field = |k: &str| {
             meta.and_then(|m| m.get(k))

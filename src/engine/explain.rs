@@ -335,29 +335,46 @@ fn transition_views(
             .map(|p| p.name.clone())
             .unwrap_or_default();
         let mut chosen = false;
-        let note = match holds {
-            None => "its guard could not be evaluated".to_string(),
-            Some(false) => "its guard does not hold".to_string(),
-            Some(true) if chosen_found => "holds, but an earlier transition comes first".into(),
-            Some(true) if creates && !s.owned && s.obs.execution.is_some() => {
-                "holds, but the execution object exists and is not this resource's: skipped".into()
-            }
-            Some(true) if creates && !s.owned && s.obs.error.is_some() => {
-                "holds, but the create failed (`error` is set): skipped".into()
-            }
-            Some(true) if creates && !s.owned => {
-                chosen_found = true;
-                chosen = true;
-                format!(
-                    "holds: the {} is created now; the transition is taken once it exists",
-                    rules.execution.kind
-                )
-            }
-            Some(true) => {
-                chosen_found = true;
-                chosen = true;
-                format!("holds: taken now, to {to}")
-            }
+        let timer = super::attempts::timer_deadline(s, t);
+        let note = match (holds, timer) {
+            (_, Some(Err(e))) => format!("its timer could not be evaluated: {e}"),
+            (_, Some(Ok(due))) if s.now < due => format!(
+                "its timer runs out at {} (in {}): not considered before",
+                crate::time::format_secs(due),
+                crate::time::go_duration(due - s.now)
+            ),
+            (holds, _) => match holds {
+                None => "its guard could not be evaluated".to_string(),
+                Some(false) => "its guard does not hold".to_string(),
+                Some(true) if chosen_found => "holds, but an earlier transition comes first".into(),
+                Some(true) if creates && !s.owned && s.obs.execution.is_some() => {
+                    "holds, but the execution object exists and is not this resource's: skipped"
+                        .into()
+                }
+                Some(true) if creates && !s.owned && s.obs.error.is_some() => {
+                    "holds, but the create failed (`error` is set): skipped".into()
+                }
+                Some(true) if creates && !s.owned => {
+                    chosen_found = true;
+                    chosen = true;
+                    format!(
+                        "holds: the {} is created now; the transition is taken once it exists",
+                        rules.execution.kind
+                    )
+                }
+                Some(true) if t.retry.is_some() => {
+                    chosen_found = true;
+                    chosen = true;
+                    format!(
+                        "holds: taken now, to {to}, unless its retry policy makes another attempt (see the decision)"
+                    )
+                }
+                Some(true) => {
+                    chosen_found = true;
+                    chosen = true;
+                    format!("holds: taken now, to {to}")
+                }
+            },
         };
         out.push(TransitionView {
             name: t.name.clone(),

@@ -13,6 +13,7 @@
 //! The engine knows nothing about any particular resource kind: every name, message and field
 //! comes from the rules. It never touches the network, the clock, the environment or files.
 
+mod attempts;
 mod decide;
 pub mod drive;
 #[cfg(test)]

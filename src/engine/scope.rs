@@ -89,6 +89,9 @@ pub(super) struct Scope<'a> {
     /// Whether the execution object is ours.
     pub owned: bool,
     owned_value: Value,
+    /// The attempt number (1 when the rules keep none, or the status has none yet).
+    pub attempt: u64,
+    attempt_value: Value,
     error: Value,
     phase_value: Value,
     now_value: Value,
@@ -138,6 +141,7 @@ impl<'a> Scope<'a> {
             .map(|e: &ActionError| serde_json::to_value(e).unwrap_or(Value::Null))
             .unwrap_or(Value::Null);
         let now_text = crate::time::format_secs(now);
+        let attempt = super::attempts::observed_attempt(rules, &obs.resource);
         let base = context! {
             resource => JValue::from_serialize(&obs.resource),
             execution => JValue::from_serialize(&obs.execution),
@@ -146,6 +150,7 @@ impl<'a> Scope<'a> {
             settings => JValue::from_serialize(&rules.settings),
             phase => JValue::from(phase_name.as_str()),
             now => JValue::from(now_text.as_str()),
+            attempt => JValue::from(attempt),
         };
         let related = Value::Object(obs.related.clone());
         Scope {
@@ -158,6 +163,8 @@ impl<'a> Scope<'a> {
             phase_name,
             owned,
             owned_value: Value::Bool(owned),
+            attempt,
+            attempt_value: Value::from(attempt),
             error,
             related: Bound {
                 tmpl: JValue::from_serialize(&obs.related),
@@ -399,6 +406,7 @@ impl Env for Scope<'_> {
             Root::Phase => &self.phase_value,
             Root::Now => &self.now_value,
             Root::Object => &self.object.json,
+            Root::Attempt => &self.attempt_value,
         })
     }
 

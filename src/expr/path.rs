@@ -31,11 +31,13 @@ pub enum Root {
     Now,
     /// Identity of the execution object the rules would create: `{apiVersion, kind, name, namespace}`.
     Object,
+    /// The attempt number (1 for the first attempt).
+    Attempt,
 }
 
 impl Root {
     /// Every root, in documentation order.
-    pub const ALL: [Root; 11] = [
+    pub const ALL: [Root; 12] = [
         Root::Resource,
         Root::Execution,
         Root::Owned,
@@ -47,6 +49,7 @@ impl Root {
         Root::Phase,
         Root::Now,
         Root::Object,
+        Root::Attempt,
     ];
 
     /// The name used in paths and templates.
@@ -63,6 +66,7 @@ impl Root {
             Root::Phase => "phase",
             Root::Now => "now",
             Root::Object => "object",
+            Root::Attempt => "attempt",
         }
     }
 

@@ -2,6 +2,8 @@
 //! scenarios ([`scenario`]), for `render`, `simulate` and `test`; observations from files
 //! ([`observe`]) for `explain`. Nothing here talks to a cluster.
 
+#[cfg(test)]
+mod example_tests;
 pub mod observe;
 pub mod scenario;
 pub mod simulate;

@@ -61,6 +61,9 @@ pub struct Step {
     /// Create or replace objects.
     #[serde(default)]
     pub put: Vec<Value>,
+    /// Merge patch applied to the resource (its metadata or spec: someone edits it).
+    #[serde(default)]
+    pub patch_resource: Option<Value>,
     /// Merge patch applied to the execution object.
     #[serde(default)]
     pub patch_execution: Option<Value>,
@@ -296,6 +299,9 @@ fn run_step(rules: &Rules, world: &mut World<'_>, step: &Step) -> Result<(), Str
     for o in &step.put {
         world.put(o.clone())?;
     }
+    if let Some(p) = &step.patch_resource {
+        world.patch_resource(p)?;
+    }
     if let Some(p) = &step.patch_execution {
         let key = world
             .execution_key()
@@ -305,6 +311,7 @@ fn run_step(rules: &Rules, world: &mut World<'_>, step: &Step) -> Result<(), Str
             .get_mut(&key)
             .ok_or("the execution object does not exist")?;
         crate::engine::status::apply_merge_patch(obj, p);
+        world.remove_finalized();
     }
     if step.delete_execution && !world.delete_execution() {
         return Err("deleteExecution: the execution object does not exist".into());

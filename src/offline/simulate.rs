@@ -221,6 +221,40 @@ impl<'r> World<'r> {
         Ok(())
     }
 
+    /// Applies a merge patch to the resource, as an edit by someone else would.
+    pub fn patch_resource(&mut self, patch: &Value) -> Result<(), String> {
+        let mut resource = self.resource.take().ok_or("the resource is gone")?;
+        apply_merge_patch(&mut resource, patch);
+        self.resource = Some(self.stamp(resource));
+        Ok(())
+    }
+
+    /// Removes the objects whose deletion only waited for their finalizers, now gone.
+    pub fn remove_finalized(&mut self) {
+        let done: Vec<ObjectKey> = self
+            .objects
+            .iter()
+            .filter(|(_, o)| {
+                o.pointer("/metadata/deletionTimestamp").is_some()
+                    && o.pointer("/metadata/finalizers")
+                        .and_then(Value::as_array)
+                        .is_none_or(|a| a.is_empty())
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in done {
+            self.objects.remove(&k);
+            self.note(
+                "world",
+                format!(
+                    "{} {}/{} is gone (finalizers removed)",
+                    k.kind, k.namespace, k.name
+                ),
+                Value::Null,
+            );
+        }
+    }
+
     /// Removes the execution object (as if someone else deleted it).
     pub fn delete_execution(&mut self) -> bool {
         match self.execution_key() {
@@ -357,7 +391,32 @@ impl<'r> World<'r> {
                     uid.is_none()
                         || o.pointer("/metadata/uid").and_then(Value::as_str) == uid.as_deref()
                 });
-                if matches {
+                let held = self.objects.get(key).is_some_and(|o| {
+                    o.pointer("/metadata/finalizers")
+                        .and_then(Value::as_array)
+                        .is_some_and(|a| !a.is_empty())
+                });
+                if matches && held {
+                    // as the API server does: an object with finalizers is only marked deleted
+                    let now = crate::time::format_secs(self.now);
+                    if let Some(meta) = self
+                        .objects
+                        .get_mut(key)
+                        .and_then(|o| o.get_mut("metadata"))
+                        .and_then(Value::as_object_mut)
+                    {
+                        meta.entry("deletionTimestamp")
+                            .or_insert(Value::String(now));
+                    }
+                    self.note(
+                        "delete",
+                        format!(
+                            "{} {}/{} is terminating (it has finalizers)",
+                            key.kind, key.namespace, key.name
+                        ),
+                        data,
+                    );
+                } else if matches {
                     self.objects.remove(key);
                     self.note(
                         "delete",
@@ -512,7 +571,8 @@ fn short(s: &str) -> String {
 }
 
 /// A scripted run: the resource is created, the execution object starts, then ends as the
-/// outcome says, and the clock runs until nothing is left to do.
+/// outcome says, and the clock runs until nothing is left to do. Each new execution object (a
+/// retry's next attempt) starts and ends the same way, with the next outcome of `then`.
 pub struct Script {
     /// Outcome name (`succeeded`, `failed`, …, or `deleted`).
     pub outcome: String,
@@ -520,6 +580,9 @@ pub struct Script {
     pub reason: String,
     /// Message.
     pub message: String,
+    /// Outcomes of the later attempts' objects, `NAME[:REASON[:MESSAGE]]` each; the last one
+    /// (or the first outcome, when empty) repeats.
+    pub then: Vec<String>,
     /// Seconds from creation of the execution object to the outcome.
     pub after: f64,
     /// Stop after this much virtual time.
@@ -535,39 +598,33 @@ pub fn run<'r>(
 ) -> Result<World<'r>, String> {
     let mut world = World::new(rules, resource, start);
     world.note("resource", "created".into(), Value::Null);
-    let outcome_change = if script.outcome == "deleted" {
-        None
-    } else {
-        let sim = rules.simulation.as_ref().ok_or(
-            "the rules have no `simulation` block describing how the execution object progresses",
-        )?;
-        Some(
-            sim.outcomes
-                .iter()
-                .find(|(n, _)| n == &script.outcome)
-                .map(|(_, c)| c.clone())
-                .ok_or_else(|| {
-                    format!(
-                        "unknown outcome `{}` (the rules' simulation defines: {}, and `deleted` is built in)",
-                        script.outcome,
-                        sim.outcomes.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
-                    )
-                })?,
-        )
-    };
-    let outcome =
-        json!({"name": script.outcome, "reason": script.reason, "message": script.message});
-    let mut created_at: Option<f64> = None;
+    let first = format!("{}:{}:{}", script.outcome, script.reason, script.message);
+    let mut outcomes = vec![scripted(rules, &first)?];
+    for o in &script.then {
+        outcomes.push(scripted(rules, o)?);
+    }
+    // the object of the current attempt, when it appeared, and how many came before it
+    let mut current: Option<(ObjectKey, f64)> = None;
+    let mut attempt = 0usize;
     let mut started = false;
     let mut ended = false;
     loop {
         let requeue = world.reconcile()?;
-        if created_at.is_none() && world.execution().is_some() {
-            created_at = Some(world.now);
+        if let Some(key) = world.execution_key()
+            && world.objects.contains_key(&key)
+            && current.as_ref().is_none_or(|(k, _)| k != &key)
+        {
+            if current.is_some() {
+                attempt += 1;
+            }
+            current = Some((key, world.now));
+            started = false;
+            ended = false;
         }
+        let (outcome, outcome_change) = &outcomes[attempt.min(outcomes.len() - 1)];
         // what happens next in the world, and when
         let mut next: Vec<(f64, u8)> = Vec::new();
-        if let Some(c) = created_at {
+        if let Some((_, c)) = &current {
             if !started && world.execution().is_some() {
                 next.push((c + 1.0_f64.min(script.after), 0));
             }
@@ -601,24 +658,27 @@ pub fn run<'r>(
                     && let Some(change) = rules.simulation.as_ref().and_then(|s| s.started.as_ref())
                 {
                     world.note("world", "execution object started".into(), Value::Null);
-                    world.apply_change(change, &outcome)?;
+                    world.apply_change(change, outcome)?;
                 }
             }
             1 => {
                 ended = true;
                 started = true;
                 if world.execution().is_some() {
-                    match &outcome_change {
+                    match outcome_change {
                         None => {
                             world.delete_execution();
                         }
                         Some(change) => {
                             world.note(
                                 "world",
-                                format!("execution object outcome: {}", script.outcome),
+                                format!(
+                                    "execution object outcome: {}",
+                                    outcome["name"].as_str().unwrap_or("")
+                                ),
                                 Value::Null,
                             );
-                            world.apply_change(change, &outcome)?;
+                            world.apply_change(change, outcome)?;
                         }
                     }
                 }
@@ -627,6 +687,32 @@ pub fn run<'r>(
         }
     }
     Ok(world)
+}
+
+/// A scripted outcome, `NAME[:REASON[:MESSAGE]]`: its `outcome` value and its change (none for
+/// `deleted`).
+fn scripted(rules: &Rules, text: &str) -> Result<(Value, Option<SimulatedChangeRules>), String> {
+    let mut parts = text.splitn(3, ':');
+    let name = parts.next().unwrap_or("succeeded");
+    let value = json!({"name": name, "reason": parts.next().unwrap_or(""), "message": parts.next().unwrap_or("")});
+    if name == "deleted" {
+        return Ok((value, None));
+    }
+    let sim = rules.simulation.as_ref().ok_or(
+        "the rules have no `simulation` block describing how the execution object progresses",
+    )?;
+    let change = sim
+        .outcomes
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, c)| c.clone())
+        .ok_or_else(|| {
+            format!(
+                "unknown outcome `{name}` (the rules' simulation defines: {}, and `deleted` is built in)",
+                sim.outcomes.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        })?;
+    Ok((value, Some(change)))
 }
 
 /// Formats a timeline for people.

@@ -26,7 +26,15 @@ impl Compiler<'_> {
                 );
             }
             for (written, var) in rules.templates.variables_by_template(*id) {
-                if let Some(msg) = self.variable_problem(&var, *scope, vars.as_ref()) {
+                let unkept_attempt = var.split('.').next() == Some("attempt")
+                    && rules.resource.status.attempt.is_none()
+                    && *scope != Scope::Sim;
+                let problem = if unkept_attempt {
+                    Some("`attempt` is the attempt number, which the engine keeps only in a declared status field: add `attempt: attempt` (any field name) under `resource.status`".to_string())
+                } else {
+                    self.variable_problem(&var, *scope, vars.as_ref())
+                };
+                if let Some(msg) = problem {
                     let top = var.split('.').next().unwrap_or("");
                     self.problem_in(rules, at, written, top, msg);
                 }
@@ -152,7 +160,7 @@ impl Compiler<'_> {
         }
         let Some(root) = Root::from_name(top) else {
             let mut readable: Vec<&str> = match scope {
-                Scope::Identity => vec!["resource", "settings"],
+                Scope::Identity => vec!["resource", "settings", "attempt"],
                 _ => Root::ALL.iter().map(|r| r.name()).collect(),
             };
             readable.extend(match scope {
@@ -168,10 +176,13 @@ impl Compiler<'_> {
             ));
         };
         if scope == Scope::Identity
-            && !matches!(root, Root::Resource | Root::Settings | Root::Object)
+            && !matches!(
+                root,
+                Root::Resource | Root::Settings | Root::Object | Root::Attempt
+            )
         {
             return Some(format!(
-                "the execution object's name and namespace may read only `resource` and `settings`, not `{top}`: they are computed before anything else is read (the controller and the simulator find the object by them), so `{top}` is not known yet; compute it in the template from the resource instead"
+                "the execution object's name and namespace may read only `resource`, `settings` and `attempt`, not `{top}`: they are computed before anything else is read (the controller and the simulator find the object by them), so `{top}` is not known yet; compute it in the template from the resource instead"
             ));
         }
         let name = second?;

@@ -245,9 +245,36 @@ pub struct TransitionRules {
     pub to: usize,
     /// Guard.
     pub when: Option<Pred>,
-    /// What the guard reads.
+    /// What the guard (and the timer) reads.
     pub when_deps: Deps,
+    /// Timer: considered only this long after the phase was entered (duration template).
+    pub after: Option<Tmpl>,
+    /// Retry policy.
+    pub retry: Option<RetryRules>,
     /// Effects.
+    pub action: ActionRules,
+}
+
+/// A retry policy: instead of taking its transition, make another attempt while it applies.
+#[derive(Debug, Clone)]
+pub struct RetryRules {
+    /// Only retry when this holds.
+    pub when: Option<Pred>,
+    /// Most attempts in all (a number template).
+    pub max_attempts: Tmpl,
+    /// Wait before the second attempt (duration template); none: no wait.
+    pub initial: Option<Tmpl>,
+    /// Multiplier per further attempt.
+    pub factor: f64,
+    /// Longest wait (duration template).
+    pub max: Option<Tmpl>,
+    /// Keep the previous attempt's execution object (else delete it and wait until gone).
+    pub keep_previous: bool,
+    /// Phase index the next attempt starts in.
+    pub to: usize,
+    /// What the guard and the templates of the policy read.
+    pub deps: Deps,
+    /// Effects of deciding to retry.
     pub action: ActionRules,
 }
 

@@ -160,6 +160,7 @@ impl Compiler<'_> {
         self.check_variables(&rules);
         self.compute_deps(&mut rules);
         self.check_graph(&rules);
+        self.check_attempts(&rules);
         rules
     }
 

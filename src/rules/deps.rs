@@ -146,8 +146,25 @@ impl Compiler<'_> {
                 if let Some(w) = &t.when {
                     of_pred(w, &mut d);
                 }
+                if let Some(a) = &t.after {
+                    of_tmpl(a, &mut d);
+                }
                 t.when_deps = d;
                 t.action.deps = of_action(&t.action);
+                if let Some(r) = &mut t.retry {
+                    let mut d = Deps::default();
+                    if let Some(w) = &r.when {
+                        of_pred(w, &mut d);
+                    }
+                    for x in [Some(&r.max_attempts), r.initial.as_ref(), r.max.as_ref()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        of_tmpl(x, &mut d);
+                    }
+                    r.deps = d;
+                    r.action.deps = of_action(&r.action);
+                }
             }
             if let Some(s) = &mut p.sync {
                 let mut d = of_action(s);

@@ -709,6 +709,7 @@ fn the_job_lifecycle_simulates_a_success_and_a_failure() {
             outcome: outcome.into(),
             reason: String::new(),
             message: String::new(),
+            then: Vec::new(),
             after: 45.0,
             limit: 24.0 * 3600.0,
         };

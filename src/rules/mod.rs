@@ -37,8 +37,9 @@ mod suggest;
 
 pub use compiled::{
     ActionRules, AuditRules, ConditionRules, CooldownRules, Deps, EventRules, ExecutionRules,
-    MatcherRules, MetricRules, PhaseRules, RelatedRules, ResourceRules, SimulatedChangeRules,
-    SimulationRules, TableRules, TmplTree, TransitionRules, ValidationRules, ValueKind, ValueRules,
+    MatcherRules, MetricRules, PhaseRules, RelatedRules, ResourceRules, RetryRules,
+    SimulatedChangeRules, SimulationRules, TableRules, TmplTree, TransitionRules, ValidationRules,
+    ValueKind, ValueRules,
 };
 pub use crd::{KindSchema, find_kind_schema, status_problems};
 pub use schema::json_schema;

@@ -149,6 +149,18 @@ pub struct StatusFields {
     /// that a later change of the rules' name or namespace templates never loses it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution: Option<String>,
+    /// Field recording when the resource entered its current phase (RFC 3339), written on
+    /// first sight and with every transition. Needed by `after` timers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_entered_at: Option<String>,
+    /// Field holding the attempt number (1, 2, …). Needed by `retry` and by templates that
+    /// read `attempt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<String>,
+    /// Field holding the pending retry while it waits (`{attempt, at, previous}`), removed when
+    /// the next attempt starts. Needed by `retry`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<String>,
 }
 
 impl Default for StatusFields {
@@ -159,6 +171,9 @@ impl Default for StatusFields {
             observed_generation: None,
             revision: None,
             execution: None,
+            phase_entered_at: None,
+            attempt: None,
+            retry: None,
         }
     }
 }
@@ -511,10 +526,67 @@ action_struct! {
         /// Guard; absent means always.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub when: Option<Predicate>,
+        /// Timer: the transition is considered only once this long (a duration template) has
+        /// passed since the resource entered the phase; the engine looks again exactly then.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub after: Option<String>,
+        /// Retry policy: when the transition is taken and the policy applies, a new attempt is
+        /// made instead (after a backoff); when attempts are exhausted the transition is taken.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub retry: Option<Retry>,
         /// Human description.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub description: Option<String>,
     }
+}
+
+/// A retry policy on a transition.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Retry {
+    /// Only retry when this holds (absent: always), e.g. a transient failure reason.
+    #[serde(default, rename = "when", skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Predicate>,
+    /// Most attempts in all, the first included: a whole number ≥ 1, or a template (a setting).
+    pub max_attempts: Value,
+    /// Wait before the next attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
+    /// What happens to the previous attempt's execution object: `delete` (default; the next
+    /// attempt waits until it is gone) or `keep` (the name must then read `attempt`).
+    #[serde(default)]
+    pub previous: PreviousObject,
+    /// Phase the next attempt starts in. Default: the initial phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Effects of deciding to retry (status, conditions, Events, audit, metrics, vars, use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_retry: Option<Action>,
+}
+
+/// Exponential backoff: `initial × factor^(n−1)` before attempt `n + 1`, at most `max`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Backoff {
+    /// Wait before the second attempt (duration template).
+    pub initial: String,
+    /// Multiplier for each further attempt (≥ 1). Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factor: Option<f64>,
+    /// Longest wait (duration template). Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<String>,
+}
+
+/// What a retry does with the previous attempt's execution object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PreviousObject {
+    /// Delete it (if ours) and wait until it is gone.
+    #[default]
+    Delete,
+    /// Leave it.
+    Keep,
 }
 
 /// A phase.

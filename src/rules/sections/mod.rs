@@ -12,6 +12,7 @@ mod on_delete;
 mod phases;
 mod related;
 mod resource;
+mod retry;
 mod settings;
 mod simulation;
 mod templates;

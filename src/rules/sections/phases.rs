@@ -76,11 +76,15 @@ impl Compiler<'_> {
                     &raw.metrics,
                     true,
                 );
+                let after = t.after.as_ref().map(|a| self.compile_after(&tat, a));
+                let retry = t.retry.as_ref().map(|r| self.compile_retry(&tat, r, raw));
                 transitions.push(TransitionRules {
                     name: t.name.clone(),
                     to,
                     when,
                     when_deps: Deps::default(),
+                    after,
+                    retry,
                     action,
                 });
             }

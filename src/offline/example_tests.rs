@@ -1,0 +1,104 @@
+//! The timer and retry examples: their scenario folders pass, and `simulate` plays every attempt
+//! and every wait of them over the virtual clock.
+
+use super::scenario::{collect, run_file};
+use super::simulate::{self, Script};
+use crate::rules::Rules;
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn scenarios_pass(folder: &str, rules: &str, at_least: usize) {
+    let files = collect(&[root().join(folder)]).expect("the folder has scenarios");
+    assert!(files.len() >= at_least, "{files:?}");
+    let failures: Vec<String> = files
+        .iter()
+        .map(|f| run_file(f, &root().join(rules)))
+        .filter(|o| !o.failures.is_empty())
+        .map(|o| {
+            format!(
+                "{} ({}): {}",
+                o.name,
+                o.file.display(),
+                o.failures.join("; ")
+            )
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn the_retry_example_scenarios_pass() {
+    scenarios_pass("tests/lifecycle-retry", "examples/pipeline-retry.yaml", 6);
+}
+
+#[test]
+fn the_approval_example_scenarios_pass() {
+    scenarios_pass("tests/lifecycle-approval", "examples/approval-gate.yaml", 4);
+}
+
+fn simulate(rules: &str, resource: &str, outcomes: &[&str]) -> (Value, Vec<(f64, String)>) {
+    let rules = Rules::load(&root().join(rules), &[]).unwrap_or_else(|e| panic!("{e}"));
+    let resource = super::read_object(&root().join(resource)).expect("resource");
+    let start = crate::time::parse_secs("2026-01-01T00:00:00Z").expect("start");
+    let mut parts = outcomes[0].splitn(3, ':');
+    let script = Script {
+        outcome: parts.next().unwrap_or_default().into(),
+        reason: parts.next().unwrap_or_default().into(),
+        message: parts.next().unwrap_or_default().into(),
+        then: outcomes[1..].iter().map(|s| s.to_string()).collect(),
+        after: 45.0,
+        limit: 24.0 * 3600.0,
+    };
+    let world = simulate::run(&rules, resource, start, &script).unwrap_or_else(|e| panic!("{e}"));
+    let creates = world
+        .timeline
+        .iter()
+        .filter(|e| e.what == "create")
+        .map(|e| (e.at, e.detail.clone()))
+        .collect();
+    let status = world.resource.as_ref().expect("resource")["status"].clone();
+    (status, creates)
+}
+
+#[test]
+fn simulate_plays_every_attempt_and_every_backoff() {
+    let (status, creates) = simulate(
+        "examples/pipeline-retry.yaml",
+        "examples/pipeline-task.yaml",
+        &["failed:PipelineRunTimeout"],
+    );
+    assert_eq!(status["phase"], "Failed", "{status}");
+    assert_eq!(status["attempt"], 3, "{status}");
+    // attempt 1 at 0s fails at 45s; 30s backoff; attempt 2 fails 45s later; 1m backoff
+    let times: Vec<f64> = creates.iter().map(|(at, _)| *at).collect();
+    assert_eq!(times, vec![0.0, 75.0, 180.0], "{creates:?}");
+    assert!(creates[2].1.contains("nightly-build-3"), "{creates:?}");
+}
+
+#[test]
+fn simulate_takes_one_outcome_per_attempt() {
+    let (status, creates) = simulate(
+        "examples/pipeline-retry.yaml",
+        "examples/pipeline-task.yaml",
+        &["failed:PipelineRunTimeout", "succeeded"],
+    );
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    assert_eq!(status["attempt"], 2, "{status}");
+    assert_eq!(creates.len(), 2, "{creates:?}");
+}
+
+#[test]
+fn simulate_plays_the_approval_timeout_at_its_deadline() {
+    let (status, creates) = simulate(
+        "examples/approval-gate.yaml",
+        "examples/change-request.yaml",
+        &["succeeded"],
+    );
+    assert_eq!(status["phase"], "Expired", "{status}");
+    assert_eq!(status["phaseEnteredAt"], "2026-01-01T01:00:00Z", "{status}");
+    assert!(creates.is_empty(), "{creates:?}");
+}
