@@ -58,6 +58,8 @@ pub struct ExecutionRules {
     pub owner_labels: OwnerLabels,
     /// What the name, namespace and body read.
     pub deps: Deps,
+    /// Top-level fields of the execution object the rules read (`None`: all).
+    pub reads: super::watch::FieldReads,
 }
 
 /// Related objects.

@@ -58,6 +58,10 @@ pub(crate) struct Compiler<'a> {
     pub(crate) broken: BTreeSet<String>,
     /// The templates folder, to name a template file in problems.
     pub(crate) templates_dir: std::path::PathBuf,
+    /// Top-level fields of the execution object the rules' paths read.
+    pub(crate) execution_reads: super::watch::FieldReads,
+    /// Set while compiling the path of an `exists` test.
+    pub(crate) existence_only: bool,
 }
 
 /// Compiles rules from their sources, `overrides` replacing settings (`NAME=VALUE`).
@@ -77,6 +81,8 @@ pub(crate) fn compile(
         setting_names: Vec::new(),
         broken: BTreeSet::new(),
         templates_dir: sources.templates_dir.clone(),
+        execution_reads: Some(BTreeSet::new()),
+        existence_only: false,
     };
     let Some(raw) = c.parse(&sources.text) else {
         return Err(invalid(c.problems, &display));
@@ -159,6 +165,7 @@ impl Compiler<'_> {
         };
         self.check_variables(&rules);
         self.compute_deps(&mut rules);
+        rules.execution.reads = self.execution_reads(&rules);
         self.check_graph(&rules);
         self.check_attempts(&rules);
         rules
@@ -252,6 +259,7 @@ impl Compiler<'_> {
         };
         match r {
             Ok(p) => {
+                self.note_path_reads(&p);
                 let names = match p.root() {
                     Some(Root::Values) => Some((&self.value_names, "value", "values")),
                     Some(Root::Settings) => Some((&self.setting_names, "setting", "settings")),

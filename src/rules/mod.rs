@@ -34,6 +34,7 @@ mod schema;
 mod sections;
 pub mod sources;
 mod suggest;
+mod watch;
 
 pub use compiled::{
     ActionRules, AuditRules, ConditionRules, CooldownRules, Deps, EventRules, ExecutionRules,
@@ -44,6 +45,7 @@ pub use compiled::{
 pub use crd::{KindSchema, find_kind_schema, status_problems};
 pub use schema::json_schema;
 pub use sources::{MAX_FILE_BYTES, Sources, read_limited};
+pub use watch::{FieldReads, WatchedKind};
 
 use crate::render::Templates;
 use indexmap::IndexMap;

@@ -54,7 +54,11 @@ impl Compiler<'_> {
             return None;
         }
         if let Some(s) = &p.exists {
-            return self.path(&at.key("exists"), s, relative).map(Pred::Exists);
+            // whether the object exists reads none of its fields
+            self.existence_only = true;
+            let path = self.path(&at.key("exists"), s, relative);
+            self.existence_only = false;
+            return path.map(Pred::Exists);
         }
         if let Some(pv) = &p.equals {
             return self

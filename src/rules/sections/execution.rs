@@ -41,6 +41,7 @@ impl Compiler<'_> {
             template,
             owner_labels: ex.owner_labels.clone(),
             deps: Deps::default(),
+            reads: None,
         }
     }
 }

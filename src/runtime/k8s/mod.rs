@@ -7,12 +7,14 @@
 //! decides again at once with what the API server returned, so a resource moves through
 //! several steps in one reconcile instead of waiting for its own watch events.
 
+mod caches;
 mod client;
 mod crd;
 mod lease;
 mod reconcile;
 mod status_guard;
 
+pub use caches::{Cached, Caches};
 pub use crd::governed_schema;
 
 pub use client::{Clients, Timeouts, connect, is_timeout};
@@ -27,7 +29,7 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, discovery};
 use std::collections::HashMap;
@@ -102,7 +104,9 @@ pub struct Ctx {
     pub(crate) rules: RulesHandle,
     pub(crate) resource_ar: ApiResource,
     pub(crate) kinds: std::sync::Mutex<HashMap<(String, String), ApiResource>>,
-    pub(crate) executions: Store<DynamicObject>,
+    pub(crate) caches: Arc<Caches>,
+    /// The resources as this controller last wrote them, by uid, until the cache has caught up.
+    pub(crate) written: std::sync::Mutex<HashMap<String, serde_json::Value>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) audit: AuditSink,
     pub(crate) recorder: Recorder,
@@ -160,30 +164,11 @@ pub async fn run(
         "resource",
     )
     .await?;
-    let execution_ar = resolve(
-        &control,
-        &current.execution.api_version,
-        &current.execution.kind,
-        "execution object",
-    )
-    .await?;
+    let watched = current.watched_kinds();
     let mut kinds = HashMap::new();
-    kinds.insert(
-        (
-            current.execution.api_version.clone(),
-            current.execution.kind.clone(),
-        ),
-        execution_ar.clone(),
-    );
-    for r in &current.related {
-        let ar = resolve(
-            &control,
-            &r.api_version,
-            &r.kind,
-            &format!("related list `{}`", r.name),
-        )
-        .await?;
-        kinds.insert((r.api_version.clone(), r.kind.clone()), ar);
+    for w in &watched {
+        let ar = resolve(&control, &w.api_version, &w.kind, &w.role).await?;
+        kinds.insert((w.api_version.clone(), w.kind.clone()), ar);
     }
 
     // a standby told to stop stops at once (it holds nothing)
@@ -209,30 +194,27 @@ pub async fn run(
         Some(ns) => Api::namespaced_with(client.clone(), ns, &resource_ar),
         None => Api::all_with(client.clone(), &resource_ar),
     };
-    // execution objects: only ours (they carry the owner labels), in the execution namespace
-    // when it does not depend on the resource
+    // the caches of every kind the rules read; the execution objects' changes wake their
+    // resource, the others only serve reads
+    let caches = Arc::new(Caches::new(client.clone(), watch_timeout, metrics.clone()));
     let owner = current.execution.owner_labels.clone();
-    let exec_api: Api<DynamicObject> = match fixed_execution_namespace(&current) {
-        Some(ns) => Api::namespaced_with(client.clone(), &ns, &execution_ar),
-        None => Api::all_with(client.clone(), &execution_ar),
-    };
-    let exec_selector = format!("{},{}", owner.name, owner.namespace);
-    let exec_writer = reflector::store::Writer::new(execution_ar.clone());
-    let exec_store = exec_writer.as_reader();
-    let exec_stream = reflector::reflector(
-        exec_writer,
-        // trimmed before the cache stores them
-        watcher(
-            exec_api,
-            watcher::Config::default()
-                .labels(&exec_selector)
-                .timeout(watch_timeout),
-        )
-        .inspect(count_restarts(metrics.clone(), "execution"))
-        .modify(|o| o.metadata.managed_fields = None)
-        .default_backoff(),
-    )
-    .touched_objects();
+    let mut exec_stream = None;
+    for w in watched {
+        let key = (w.api_version.clone(), w.kind.clone());
+        let ar = kinds[&key].clone();
+        if exec_stream.is_none() {
+            exec_stream = Some(caches.start(ar, w, "execution"));
+        } else {
+            caches.start_driven(ar, w);
+        }
+    }
+    let exec_stream =
+        exec_stream.ok_or_else(|| Error::Settings("the rules name no execution object".into()))?;
+    let execution_ar = kinds[&(
+        current.execution.api_version.clone(),
+        current.execution.kind.clone(),
+    )]
+        .clone();
     let resource_dyntype = resource_ar.clone();
     let mapper_owner = owner.clone();
     let map_back = move |ex: DynamicObject| {
@@ -260,7 +242,8 @@ pub async fn run(
         rules: rules.clone(),
         resource_ar: resource_ar.clone(),
         kinds: std::sync::Mutex::new(kinds),
-        executions: exec_store.clone(),
+        caches: caches.clone(),
+        written: std::sync::Mutex::new(HashMap::new()),
         metrics: metrics.clone(),
         audit: audit.clone(),
         recorder,
@@ -273,8 +256,11 @@ pub async fn run(
     let mut swaps = rules.subscribe();
     let (reconcile_all_tx, reconcile_all_rx) = futures::channel::mpsc::unbounded::<()>();
     let audit_tx = reconcile_all_tx.clone();
+    let follow = ctx.clone();
     tokio::spawn(async move {
         while swaps.changed().await.is_ok() {
+            let rules = swaps.borrow_and_update().clone();
+            follow_caches(&follow, &rules).await;
             if reconcile_all_tx.unbounded_send(()).is_err() {
                 return;
             }
@@ -327,13 +313,19 @@ pub async fn run(
             .graceful_shutdown_on(shutdown);
     let store = controller.store();
     let ready = readiness.clone();
+    let exec_caches = caches.clone();
+    let exec_kind = (
+        current.execution.api_version.clone(),
+        current.execution.kind.clone(),
+    );
     tokio::spawn(async move {
         // a store wakes only its latest waiter, and the controller waits on it too: poll
-        for store in [&store, &exec_store] {
-            while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
-                .await
-                .is_err()
-            {}
+        while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
+            .await
+            .is_err()
+        {}
+        while !exec_caches.synced(&exec_kind.0, &exec_kind.1) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         ready.synced.store(true, Ordering::SeqCst);
         tracing::info!("caches synced");
@@ -358,7 +350,7 @@ pub async fn run(
 
 /// Counts each failure of a watch (after which the watcher restarts it, from its last
 /// resourceVersion or with a new list): `stalled` when the connection went silent.
-fn count_restarts<K>(
+pub(crate) fn count_restarts<K>(
     metrics: Arc<Metrics>,
     watch: &'static str,
 ) -> impl Fn(&Result<watcher::Event<K>, watcher::Error>) {
@@ -377,16 +369,38 @@ fn count_restarts<K>(
     }
 }
 
-/// The execution namespace when the rules compute it without the resource (settings only).
-fn fixed_execution_namespace(rules: &Rules) -> Option<String> {
-    let ctx = minijinja::context! {
-        settings => minijinja::Value::from_serialize(&rules.settings),
-    };
-    rules
-        .templates
-        .text(&rules.execution.namespace, &ctx)
-        .ok()
-        .filter(|s| !s.is_empty())
+/// Points the caches at what new rules read: kinds not seen before are resolved and started.
+async fn follow_caches(ctx: &Ctx, rules: &Rules) {
+    let wanted = rules.watched_kinds();
+    let mut resolved = HashMap::new();
+    for w in &wanted {
+        let key = (w.api_version.clone(), w.kind.clone());
+        let known = ctx
+            .kinds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let ar = match known {
+            Some(ar) => ar,
+            None => match resolve(&ctx.client, &w.api_version, &w.kind, &w.role).await {
+                Ok(ar) => {
+                    ctx.kinds
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key.clone(), ar.clone());
+                    ar
+                }
+                Err(e) => {
+                    // reads of it go to the API server, which reports the same
+                    tracing::warn!(error = %e, "cannot watch a kind the new rules read");
+                    continue;
+                }
+            },
+        };
+        resolved.insert(key, ar);
+    }
+    ctx.caches.follow(wanted, &resolved);
 }
 
 /// Shard of a lock key (FNV-1a, stable across processes and versions).

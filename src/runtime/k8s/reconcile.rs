@@ -3,7 +3,7 @@
 //! (the watch cache first) and carries out one effect at a time against the API server.
 
 use super::status_guard::{STATUS_NOT_PERSISTED, lost_fields};
-use super::{Ctx, Error, backoff, shard_of};
+use super::{Cached, Ctx, Error, backoff, shard_of};
 use crate::engine::drive::{DriveError, Outcome, World, drive};
 use crate::engine::{self, ActionError, Decision, Effect, ObjectKey, Observation};
 use crate::rules::Rules;
@@ -12,7 +12,6 @@ use kube::api::{
 };
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::ObjectRef;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,7 +104,7 @@ pub fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Ctx>) -> Acti
 async fn reconcile_with(obj: &DynamicObject, ctx: &Ctx, rules: &Rules) -> Result<Action, Error> {
     let name = obj.metadata.name.clone().unwrap_or_default();
     let namespace = obj.metadata.namespace.clone().unwrap_or_default();
-    let resource = to_value(obj);
+    let resource = newest(ctx, obj);
 
     if let Some((index, count)) = ctx.shard {
         match engine::execution_key(rules, &resource, now_secs()) {
@@ -175,11 +174,11 @@ impl World for Cluster<'_> {
     }
 
     async fn execution(&mut self, key: &ObjectKey) -> Result<Option<Value>, Error> {
-        observe_execution(self.ctx, key).await
+        observe(self.ctx, key).await
     }
 
     async fn related(&mut self, key: &ObjectKey) -> Result<Option<Value>, Error> {
-        get_object(self.ctx, key).await
+        observe(self.ctx, key).await
     }
 
     async fn carry_out(&mut self, effect: &Effect) -> Outcome<Error> {
@@ -208,6 +207,39 @@ impl World for Cluster<'_> {
             .decision_seconds
             .observe(t0.elapsed().as_secs_f64());
         d
+    }
+}
+
+/// The resource as its cache has it, or as this controller last wrote it when the cache has not
+/// shown that write yet (a decision on the older copy would only lose a conflict).
+fn newest(ctx: &Ctx, obj: &DynamicObject) -> Value {
+    let cached = to_value(obj);
+    let uid = text_at(&cached, "/metadata/uid");
+    let mut written = ctx.written.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(w) = written.get(&uid) {
+        // resourceVersions are opaque; the API server's are numbers that grow, and only then
+        // is the copy used
+        let version = |v: &Value| text_at(v, "/metadata/resourceVersion").parse::<u64>().ok();
+        if let (Some(mine), Some(seen)) = (version(w), version(&cached))
+            && mine > seen
+        {
+            return w.clone();
+        }
+        written.remove(&uid);
+    }
+    cached
+}
+
+/// Remembers the resource as a write returned it (none: gone).
+fn wrote(ctx: &Ctx, resource: Option<&Value>, uid: &str) {
+    let mut written = ctx.written.lock().unwrap_or_else(|e| e.into_inner());
+    match resource {
+        Some(r) => {
+            written.insert(uid.to_string(), r.clone());
+        }
+        None => {
+            written.remove(uid);
+        }
     }
 }
 
@@ -243,23 +275,21 @@ async fn api_for(ctx: &Ctx, k: &ObjectKey) -> Result<Api<DynamicObject>, Error> 
     Ok(Api::namespaced_with(ctx.client.clone(), &k.namespace, &ar))
 }
 
-async fn observe_execution(ctx: &Ctx, k: &ObjectKey) -> Result<Option<Value>, Error> {
-    if let Some(ar) = api_resource(ctx, &k.api_version, &k.kind) {
-        let cached = ctx
-            .executions
-            .get(&ObjectRef::new_with(&k.name, ar).within(&k.namespace));
-        if let Some(obj) = cached {
-            return Ok(Some(to_value(&obj)));
-        }
+/// Reads an object the rules observe: from the watch caches, from the API server only when
+/// they cannot say.
+async fn observe(ctx: &Ctx, k: &ObjectKey) -> Result<Option<Value>, Error> {
+    match ctx.caches.get(k) {
+        Cached::Found(obj) => Ok(Some(to_value(&obj))),
+        Cached::Absent => Ok(None),
+        Cached::Unknown => get_object(ctx, k).await.map(|o| o.as_ref().map(to_value)),
     }
-    get_object(ctx, k).await
 }
 
-async fn get_object(ctx: &Ctx, k: &ObjectKey) -> Result<Option<Value>, Error> {
+async fn get_object(ctx: &Ctx, k: &ObjectKey) -> Result<Option<DynamicObject>, Error> {
     let api = api_for(ctx, k).await?;
     ctx.metrics.api("get", &k.kind);
     match api.get_opt(&k.name).await {
-        Ok(o) => Ok(o.as_ref().map(to_value)),
+        Ok(o) => Ok(o),
         Err(e) if transient(&e) => Err(Error::Transient(format!(
             "get {} {}/{}: {e}",
             k.kind, k.namespace, k.name
@@ -302,16 +332,22 @@ async fn carry_out(w: &mut Cluster<'_>, effect: &Effect) -> Result<Outcome<Error
                 .unwrap_or(Value::Null);
             let patch = json!({"metadata": {"finalizers": list, "resourceVersion": rv}});
             ctx.metrics.api("patch", &kind);
+            let uid = text_at(resource, "/metadata/uid");
             match w.api.patch(&w.name, &pp, &Patch::Merge(&patch)).await {
                 Ok(o) => *resource = to_value(&o),
-                Err(e) if code(&e) == 404 => return Ok(Outcome::Gone),
+                Err(e) if code(&e) == 404 => {
+                    wrote(ctx, None, &uid);
+                    return Ok(Outcome::Gone);
+                }
                 Err(e) if code(&e) == 409 => return refresh(w, &kind).await,
                 Err(e) => return Err(classify(&e, "patch finalizers")),
             }
             if !adding && resource.pointer("/metadata/deletionTimestamp").is_some() {
                 // the API server removes the object once the last finalizer is gone
+                wrote(ctx, None, &uid);
                 return Ok(Outcome::Gone);
             }
+            wrote(ctx, Some(resource), &uid);
         }
         Effect::PatchStatus { patch } => {
             let rv = resource
@@ -333,6 +369,7 @@ async fn carry_out(w: &mut Cluster<'_>, effect: &Effect) -> Result<Outcome<Error
                 Ok(o) => *resource = to_value(&o),
                 Err(e) if code(&e) == 404 => {
                     ctx.status_guard.forget(&uid);
+                    wrote(ctx, None, &uid);
                     return Ok(Outcome::Gone);
                 }
                 Err(e) if code(&e) == 409 => return refresh(w, &kind).await,
@@ -343,6 +380,7 @@ async fn carry_out(w: &mut Cluster<'_>, effect: &Effect) -> Result<Outcome<Error
             if ctx.status_guard.record(&uid, patch, &after, &lost) {
                 report_not_persisted(ctx, resource, &w.label, &lost).await;
             }
+            wrote(ctx, Some(resource), &uid);
             if !lost.is_empty() {
                 pretend_written(resource, patch);
             }
@@ -362,10 +400,20 @@ async fn carry_out(w: &mut Cluster<'_>, effect: &Effect) -> Result<Outcome<Error
                 ..PostParams::default()
             };
             match exec_api.create(&post, &obj).await {
-                Ok(_) => {
+                Ok(created) => {
                     tracing::info!(execution = %format!("{}/{}", key.namespace, key.name), "created {}", key.kind);
+                    // the next decision sees it, before its watch event arrives
+                    ctx.caches.created(&key, created);
                 }
-                Err(e) => return Ok(Outcome::Refused(api_error("create", &e))),
+                Err(e) => {
+                    if code(&e) == 409 {
+                        // someone's object holds the name: the next decision sees whose
+                        if let Some(existing) = get_object(ctx, &key).await? {
+                            ctx.caches.created(&key, existing);
+                        }
+                    }
+                    return Ok(Outcome::Refused(api_error("create", &e)));
+                }
             }
         }
         Effect::DeleteExecution { key, uid } => {
@@ -381,6 +429,7 @@ async fn carry_out(w: &mut Cluster<'_>, effect: &Effect) -> Result<Outcome<Error
             ctx.metrics.api("delete", &key.kind);
             match exec_api.delete(&key.name, &dp).await {
                 Ok(_) => {
+                    ctx.caches.deleted(key);
                     tracing::info!(execution = %format!("{}/{}", key.namespace, key.name), "deleted {}", key.kind)
                 }
                 Err(e) => return Ok(Outcome::Refused(api_error("delete", &e))),

@@ -1,0 +1,325 @@
+//! The watch caches: one reflector store per kind of object the rules read besides the governed
+//! resource, keyed by (apiVersion, kind), started for what [`crate::rules::Rules::watched_kinds`] lists.
+//!
+//! Each cache watches only where such objects can be (the rules' one namespace for the kind,
+//! else all) and only objects with the labels the rules require (the execution objects' owner
+//! labels), and keeps of each object only the top-level fields the rules read (`apiVersion`,
+//! `kind` and `metadata` always, without `managedFields`). Reads go to the caches: an object
+//! absent from a synced cache is absent, with no request. A read the caches cannot answer (the
+//! kind is not watched, the cache has not synced yet, the namespace is outside its scope) is
+//! [`Cached::Unknown`]; the caller reads the API server then.
+//!
+//! An object this controller just created may not be in its cache yet: the create's answer is
+//! remembered until the cache has the object (or [`CREATED_TTL`] passes), so a reconcile that
+//! follows at once never takes it for absent.
+//!
+//! A rules change that reads more fields, or watches elsewhere, restarts the kind's watch (a new
+//! list; the cache keeps its contents until the new list is complete). A kind the new rules no
+//! longer read stops, unless its changes wake the controller (the execution kind).
+
+use super::count_restarts;
+use crate::engine::ObjectKey;
+use crate::rules::WatchedKind;
+use crate::runtime::metrics::Metrics;
+use futures::{Stream, StreamExt};
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::watch as signal;
+
+/// How long the answer of a create stands in for an object its cache has not shown yet.
+pub const CREATED_TTL: Duration = Duration::from_secs(30);
+
+/// What a cache knows of one object.
+#[derive(Debug, Clone)]
+pub enum Cached {
+    /// There, as last seen (or as its create returned it).
+    Found(Arc<DynamicObject>),
+    /// Not there: the cache is synced and covers where it would be.
+    Absent,
+    /// The caches cannot say (kind not watched, not synced yet, outside the watched scope).
+    Unknown,
+}
+
+/// One kind's cache.
+struct KindCache {
+    ar: ApiResource,
+    store: Store<DynamicObject>,
+    synced: Arc<AtomicBool>,
+    /// Where it watches and what it keeps; read when a watch (re)starts.
+    scope: Arc<Mutex<WatchedKind>>,
+    /// Bumped to restart the watch with the current scope.
+    restart: signal::Sender<u64>,
+    /// The task that drives a cache nobody else polls.
+    driver: Option<tokio::task::AbortHandle>,
+}
+
+/// The registry of watch caches, shared by every reconcile.
+pub struct Caches {
+    client: Client,
+    watch_timeout: u32,
+    metrics: Arc<Metrics>,
+    kinds: Mutex<HashMap<(String, String), KindCache>>,
+    created: Mutex<HashMap<ObjectKey, (Instant, Arc<DynamicObject>)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Keeps of an object what the rules read of it.
+fn project(o: &mut DynamicObject, fields: &crate::rules::FieldReads) {
+    o.metadata.managed_fields = None;
+    if let (Some(keep), Some(data)) = (fields, o.data.as_object_mut()) {
+        data.retain(|k, _| keep.contains(k));
+    }
+}
+
+impl Caches {
+    /// An empty registry.
+    pub fn new(client: Client, watch_timeout: u32, metrics: Arc<Metrics>) -> Caches {
+        Caches {
+            client,
+            watch_timeout,
+            metrics,
+            kinds: Mutex::new(HashMap::new()),
+            created: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Starts the cache of one kind and returns the stream of objects it sees change, which
+    /// must be polled for the cache to fill (the caller hands it to the controller, or calls
+    /// [`Caches::drive`]). `label` names the watch in `lifecycle_watch_restarts_total`.
+    pub fn start(
+        &self,
+        ar: ApiResource,
+        spec: WatchedKind,
+        label: &'static str,
+    ) -> impl Stream<Item = Result<DynamicObject, watcher::Error>> + Send + 'static {
+        let key = (spec.api_version.clone(), spec.kind.clone());
+        let scope = Arc::new(Mutex::new(spec));
+        let (restart, restarts) = signal::channel(0u64);
+        let writer = reflector::store::Writer::new(ar.clone());
+        let store = writer.as_reader();
+        let synced = Arc::new(AtomicBool::new(false));
+        let (client, timeout, watch_ar, watch_scope) = (
+            self.client.clone(),
+            self.watch_timeout,
+            ar.clone(),
+            scope.clone(),
+        );
+        let metrics = self.metrics.clone();
+        // one watch per generation; a restart ends the current one and starts the next with
+        // the scope then in force
+        let generations = futures::stream::unfold((restarts, true), move |(mut rx, first)| {
+            let (client, ar, scope, metrics) = (
+                client.clone(),
+                watch_ar.clone(),
+                watch_scope.clone(),
+                metrics.clone(),
+            );
+            async move {
+                if !first && rx.changed().await.is_err() {
+                    return None;
+                }
+                let spec = lock(&scope).clone();
+                let api: Api<DynamicObject> = match &spec.namespace {
+                    Some(ns) => Api::namespaced_with(client, ns, &ar),
+                    None => Api::all_with(client, &ar),
+                };
+                let mut config = watcher::Config::default().timeout(timeout);
+                if let Some(labels) = &spec.labels {
+                    config = config.labels(labels);
+                }
+                let mut stop = rx.clone();
+                stop.mark_unchanged();
+                let fields = spec.fields;
+                let watch = watcher(api, config)
+                    .inspect(count_restarts(metrics, label))
+                    .default_backoff()
+                    .modify(move |o| project(o, &fields))
+                    .take_until(async move {
+                        let _ = stop.changed().await;
+                    });
+                Some((watch, (rx, false)))
+            }
+        })
+        .flatten();
+        let flag = synced.clone();
+        let stream = reflector::reflector(writer, generations)
+            .inspect(move |e| {
+                if let Ok(watcher::Event::InitDone) = e {
+                    flag.store(true, Ordering::SeqCst);
+                }
+            })
+            .touched_objects();
+        lock(&self.kinds).insert(
+            key,
+            KindCache {
+                ar,
+                store,
+                synced,
+                scope,
+                restart,
+                driver: None,
+            },
+        );
+        stream
+    }
+
+    /// Starts the cache of one kind that only serves reads (nothing wakes on its changes).
+    pub fn start_driven(&self, ar: ApiResource, spec: WatchedKind) {
+        let key = (spec.api_version.clone(), spec.kind.clone());
+        let stream = self.start(ar, spec, "related");
+        let task = tokio::spawn(stream.for_each(|_| async {}));
+        if let Some(kc) = lock(&self.kinds).get_mut(&key) {
+            kc.driver = Some(task.abort_handle());
+        }
+    }
+
+    /// Follows a rules change: kinds read for the first time start (`resolved` gives their API
+    /// resources), kinds read differently restart, kinds no longer read stop (those nothing
+    /// else polls).
+    pub fn follow(
+        &self,
+        wanted: Vec<WatchedKind>,
+        resolved: &HashMap<(String, String), ApiResource>,
+    ) {
+        let mut kinds = lock(&self.kinds);
+        let keys: Vec<(String, String)> = wanted
+            .iter()
+            .map(|w| (w.api_version.clone(), w.kind.clone()))
+            .collect();
+        kinds.retain(|k, kc| {
+            let keep = keys.contains(k) || kc.driver.is_none();
+            if !keep && let Some(d) = &kc.driver {
+                d.abort();
+            }
+            keep
+        });
+        let mut new = Vec::new();
+        for w in wanted {
+            let key = (w.api_version.clone(), w.kind.clone());
+            match kinds.get(&key) {
+                Some(kc) => {
+                    let mut scope = lock(&kc.scope);
+                    if *scope != w {
+                        let restart = scope.namespace != w.namespace
+                            || scope.labels != w.labels
+                            || scope.fields != w.fields;
+                        *scope = w;
+                        if restart {
+                            kc.restart.send_modify(|n| *n += 1);
+                        }
+                    }
+                }
+                None => {
+                    if let Some(ar) = resolved.get(&key) {
+                        new.push((ar.clone(), w));
+                    }
+                }
+            }
+        }
+        drop(kinds);
+        for (ar, w) in new {
+            self.start_driven(ar, w);
+        }
+    }
+
+    /// Whether the cache of a kind has its first full list.
+    pub fn synced(&self, api_version: &str, kind: &str) -> bool {
+        lock(&self.kinds)
+            .get(&(api_version.to_string(), kind.to_string()))
+            .is_some_and(|kc| kc.synced.load(Ordering::SeqCst))
+    }
+
+    /// What the caches know of one object.
+    pub fn get(&self, key: &ObjectKey) -> Cached {
+        let seen = {
+            let kinds = lock(&self.kinds);
+            match kinds.get(&(key.api_version.clone(), key.kind.clone())) {
+                Some(kc)
+                    if kc.synced.load(Ordering::SeqCst)
+                        && lock(&kc.scope).covers(&key.namespace) =>
+                {
+                    let r = ObjectRef::new_with(&key.name, kc.ar.clone()).within(&key.namespace);
+                    match kc.store.get(&r) {
+                        Some(o) => Cached::Found(o),
+                        None => Cached::Absent,
+                    }
+                }
+                _ => Cached::Unknown,
+            }
+        };
+        let mut created = lock(&self.created);
+        match seen {
+            Cached::Found(o) => {
+                created.remove(key);
+                Cached::Found(o)
+            }
+            other => match created.get(key) {
+                Some((at, o)) if at.elapsed() < CREATED_TTL => Cached::Found(o.clone()),
+                Some(_) => {
+                    created.remove(key);
+                    other
+                }
+                None => other,
+            },
+        }
+    }
+
+    /// Every object of a kind in its cache (`None` when the kind is not watched or its cache
+    /// has not synced).
+    pub fn list(&self, api_version: &str, kind: &str) -> Option<Vec<Arc<DynamicObject>>> {
+        lock(&self.kinds)
+            .get(&(api_version.to_string(), kind.to_string()))
+            .filter(|kc| kc.synced.load(Ordering::SeqCst))
+            .map(|kc| kc.store.state())
+    }
+
+    /// Remembers an object this controller created (the create's answer) until its cache
+    /// shows it.
+    pub fn created(&self, key: &ObjectKey, object: DynamicObject) {
+        let mut created = lock(&self.created);
+        created.retain(|_, (at, _)| at.elapsed() < CREATED_TTL);
+        created.insert(key.clone(), (Instant::now(), Arc::new(object)));
+    }
+
+    /// Forgets a created object (deleted since).
+    pub fn deleted(&self, key: &ObjectKey) {
+        lock(&self.created).remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn projection_keeps_metadata_and_the_fields_read() {
+        let mut o: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
+            "metadata": {"name": "a", "namespace": "n", "uid": "u", "resourceVersion": "7",
+                "labels": {"x": "y"}, "managedFields": [{"manager": "m"}]},
+            "spec": {"big": true}, "status": {"conditions": []}
+        }))
+        .expect("object");
+        project(&mut o, &Some(["status".to_string()].into()));
+        let v = serde_json::to_value(&o).expect("json");
+        assert_eq!(v["metadata"]["labels"]["x"], "y");
+        assert_eq!(v["metadata"]["resourceVersion"], "7");
+        assert!(v["metadata"].get("managedFields").is_none(), "{v}");
+        assert!(v.get("spec").is_none(), "{v}");
+        assert_eq!(v["status"], json!({"conditions": []}));
+        let mut whole = o.clone();
+        whole.data["spec"] = json!(1);
+        project(&mut whole, &None);
+        assert_eq!(whole.data["spec"], 1);
+    }
+}
