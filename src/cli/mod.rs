@@ -96,6 +96,10 @@ enum Command {
         /// Virtual start time (RFC 3339).
         #[arg(long, default_value = "2026-01-01T00:00:00Z")]
         start: String,
+        /// An object (YAML) that exists from the start, for lookups: another resource of the
+        /// governed kind, a ConfigMap… (repeatable).
+        #[arg(long = "object")]
+        objects: Vec<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -201,10 +205,11 @@ pub fn main() -> ExitCode {
             after,
             limit,
             start,
+            objects,
             format,
             set,
         } => simulate_cmd(
-            &resource, &rules, &outcome, after, limit, &start, format, &set,
+            &resource, &rules, &outcome, after, limit, &start, &objects, format, &set,
         ),
         Command::Test {
             paths,
@@ -490,6 +495,7 @@ fn simulate_cmd(
     after: f64,
     limit: f64,
     start: &str,
+    objects: &[PathBuf],
     format: Format,
     set: &[(String, String)],
 ) -> ExitCode {
@@ -521,6 +527,13 @@ fn simulate_cmd(
         );
     };
     let outcome = outcomes.first().map_or("succeeded", String::as_str);
+    let mut others = Vec::new();
+    for file in objects {
+        match crate::offline::read_object(file) {
+            Ok(o) => others.push(o),
+            Err(e) => return fail(2, "resource", format!("--object: {e}"), Vec::new()),
+        }
+    }
     let mut parts = outcome.splitn(3, ':');
     let script = simulate::Script {
         outcome: parts.next().unwrap_or("succeeded").to_string(),
@@ -529,6 +542,7 @@ fn simulate_cmd(
         then: outcomes.iter().skip(1).cloned().collect(),
         after,
         limit,
+        objects: others,
     };
     let world = match simulate::run(&rules, resource, start, &script) {
         Ok(w) => w,

@@ -5,7 +5,7 @@
 //! Each step reads the [`Scope`] and adds to a [`Draft`]; none touches the world. What the rules
 //! can read lives in `scope.rs`, what a step writes and emits in `effects.rs`.
 
-use super::scope::{Scope, Stop, related_requests, template_error};
+use super::scope::{Need, Scope, Stop, related_requests, template_error};
 use super::status::{self, Condition, condition_status, conditions_mut, set_field, truncate};
 use super::{Category, DecideError, Decision, Effect, EventRecord, ObjectKey, Observation};
 use crate::rules::model::ExecutionAction;
@@ -28,7 +28,8 @@ pub fn execution_key(rules: &Rules, resource: &Value, now: f64) -> Result<Object
         Stop::Fail(e) => e,
         Stop::Needs(_) => DecideError {
             category: Category::TemplateError,
-            message: "the execution object's name cannot depend on related objects".into(),
+            message: "the execution object's name cannot depend on related objects or lookups"
+                .into(),
         },
     })
 }
@@ -40,7 +41,7 @@ pub fn decide(rules: &Rules, obs: &Observation, now: f64) -> Decision {
     };
     match d.run() {
         Ok(decision) => decision,
-        Err(Stop::Needs(index)) => {
+        Err(Stop::Needs(Need::Related(index))) => {
             let mut needs = vec![related_requests(rules, index, obs.execution.as_ref())];
             // ask for every related list the observation lacks at once
             for (i, r) in rules.related.iter().enumerate() {
@@ -49,14 +50,17 @@ pub fn decide(rules: &Rules, obs: &Observation, now: f64) -> Decision {
                 }
             }
             Decision {
-                phase: d.s.phase_name.clone(),
-                transition: None,
-                effects: Vec::new(),
-                requeue_after: None,
                 needs,
-                error: None,
+                ..d.decision(None, Vec::new(), None)
             }
         }
+        Err(Stop::Needs(Need::Lookup(index))) => match d.lookup_requests(index) {
+            Ok(lookups) => Decision {
+                lookups,
+                ..d.decision(None, Vec::new(), None)
+            },
+            Err(e) => d.failure(e),
+        },
         Err(Stop::Fail(e)) => d.failure(e),
     }
 }
@@ -113,6 +117,21 @@ impl Decider<'_> {
         }
         self.bookkeeping(&key, &mut draft);
         Ok(self.effects(draft))
+    }
+
+    /// What the world must find for lookup `index`, and for every other lookup the observation
+    /// lacks whose request renders (so that one round of finding is enough).
+    fn lookup_requests(&self, index: usize) -> Result<Vec<super::LookupRequest>, DecideError> {
+        let mut requests = vec![super::lookups::request(&self.s, index)?];
+        for i in 0..self.s.rules.lookups.len() {
+            if i != index
+                && !self.s.lookup_found(i)
+                && let Ok(r) = super::lookups::request(&self.s, i)
+            {
+                requests.push(r);
+            }
+        }
+        Ok(requests)
     }
 
     /// The phase the resource is in, as an index into the rules' phases.
@@ -552,6 +571,7 @@ impl Decider<'_> {
             effects,
             requeue_after: requeue,
             needs: Vec::new(),
+            lookups: Vec::new(),
             error: None,
         }
     }
@@ -588,6 +608,7 @@ impl Decider<'_> {
             effects,
             requeue_after: Some(60.0),
             needs: Vec::new(),
+            lookups: Vec::new(),
             error: Some(e),
         }
     }

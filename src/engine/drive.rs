@@ -15,7 +15,9 @@
 //! Worlds are concrete types, so whether the loop's future is `Send` follows from the world's
 //! methods (the controller's are), which is why the `async_fn_in_trait` lint is allowed here.
 
-use super::{ActionError, Decision, Effect, ObjectKey, Observation, decide, execution_key};
+use super::{
+    ActionError, Decision, Effect, LookupRequest, ObjectKey, Observation, decide, execution_key,
+};
 use crate::rules::Rules;
 use serde_json::{Map, Value, json};
 use std::future::Future;
@@ -64,6 +66,10 @@ pub trait World {
 
     /// Reads a related object (none when it does not exist).
     async fn related(&mut self, key: &ObjectKey) -> Result<Option<Value>, Self::Error>;
+
+    /// Finds the objects a lookup asks for (see [`super::lookup_matches`]); the engine filters,
+    /// sorts and selects among them.
+    async fn lookup(&mut self, request: &LookupRequest) -> Result<Vec<Value>, Self::Error>;
 
     /// Carries out one effect.
     async fn carry_out(&mut self, effect: &Effect) -> Outcome<Self::Error>;
@@ -114,7 +120,7 @@ impl Unsettled {
 /// leaves nothing to do. Returns when to look again (seconds; none: only on a change).
 ///
 /// The rules, the same for every world:
-/// - a decision that needs related objects gets them read, and is made again (at most
+/// - a decision that needs related objects or lookups gets them read, and is made again (at most
 ///   [`MAX_NEEDS`] times);
 /// - effects are carried out in order; the first that does not finish ends the round;
 /// - a created execution object ends the round: the next decision sees it;
@@ -149,6 +155,7 @@ pub async fn drive<W: World>(
             execution,
             related: Map::new(),
             error: error.take(),
+            lookups: Map::new(),
         };
         let decision = decide_with_related(rules, world, &mut observation, now).await?;
         world.decided(&observation, &decision);
@@ -188,7 +195,7 @@ pub async fn drive<W: World>(
     )))
 }
 
-/// Decides, reading the related objects the decision asks for first.
+/// Decides, reading the related objects and finding the lookups the decision asks for first.
 async fn decide_with_related<W: World>(
     rules: &Rules,
     world: &mut W,
@@ -197,8 +204,14 @@ async fn decide_with_related<W: World>(
 ) -> Result<Decision, DriveError<W::Error>> {
     let mut decision = world.timed(|| decide(rules, observation, now));
     for _ in 0..MAX_NEEDS {
-        if decision.needs.is_empty() {
+        if decision.needs.is_empty() && decision.lookups.is_empty() {
             return Ok(decision);
+        }
+        for request in &decision.lookups {
+            let found = world.lookup(request).await.map_err(DriveError::Backoff)?;
+            observation
+                .lookups
+                .insert(request.name.clone(), Value::Array(found));
         }
         for request in &decision.needs {
             let mut list = Vec::with_capacity(request.entries.len());
@@ -215,13 +228,15 @@ async fn decide_with_related<W: World>(
         }
         decision = world.timed(|| decide(rules, observation, now));
     }
-    if decision.needs.is_empty() {
+    if decision.needs.is_empty() && decision.lookups.is_empty() {
         return Ok(decision);
     }
-    let names: Vec<&str> = decision.needs.iter().map(|n| n.name.as_str()).collect();
+    let names: Vec<&str> = (decision.needs.iter().map(|n| n.name.as_str()))
+        .chain(decision.lookups.iter().map(|l| l.name.as_str()))
+        .collect();
     Err(DriveError::Unsettled(Unsettled {
         message: format!(
-            "the rules keep asking for related objects ({}) after {MAX_NEEDS} reads, in phase {}",
+            "the rules keep asking for related objects or lookups ({}) after {MAX_NEEDS} reads, in phase {}",
             names.join(", "),
             decision.phase
         ),

@@ -47,6 +47,18 @@ impl World for Memory {
         Ok(self.objects.get(key).cloned())
     }
 
+    async fn lookup(
+        &mut self,
+        request: &crate::engine::LookupRequest,
+    ) -> Result<Vec<Value>, Infallible> {
+        Ok(self
+            .objects
+            .values()
+            .filter(|o| crate::engine::lookup_matches(request, o))
+            .cloned()
+            .collect())
+    }
+
     async fn carry_out(&mut self, effect: &Effect) -> Outcome<Infallible> {
         self.carried.push(effect.clone());
         let Some(resource) = self.resource.as_mut() else {

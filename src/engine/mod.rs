@@ -20,6 +20,7 @@ pub mod drive;
 mod drive_tests;
 mod effects;
 pub mod explain;
+mod lookups;
 mod scope;
 #[cfg(test)]
 mod security_tests;
@@ -27,6 +28,7 @@ pub mod status;
 
 pub use decide::{ERROR_CONDITION, decide, execution_key};
 pub use effects::render_tree;
+pub use lookups::matches as lookup_matches;
 pub use scope::{phase_of, related_requests};
 
 use serde::Serialize;
@@ -44,6 +46,8 @@ pub struct Observation {
     pub related: serde_json::Map<String, Value>,
     /// The error of the action just attempted on the execution object, if it failed for good.
     pub error: Option<ActionError>,
+    /// Objects found for each lookup the decision asked for, by lookup name (a list).
+    pub lookups: serde_json::Map<String, Value>,
 }
 
 /// A permanent error from an action on the execution object (`error` in rules).
@@ -103,6 +107,26 @@ pub struct RelatedRequest {
     pub name: String,
     /// One entry per reference: the reference itself and the object to read, if any.
     pub entries: Vec<(Value, Option<ObjectKey>)>,
+}
+
+/// Objects a decision asks the world to find for a lookup: every object of this kind in this
+/// namespace (or all), with this name (if given) and these labels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LookupRequest {
+    /// Lookup name.
+    pub name: String,
+    /// `group/version`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// Kind.
+    pub kind: String,
+    /// Namespace; none: every namespace (and cluster-scoped objects).
+    pub namespace: Option<String>,
+    /// Only the object of this name.
+    #[serde(rename = "objectName")]
+    pub object_name: Option<String>,
+    /// Labels the objects must carry, with these values.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// An Event to record on the resource.
@@ -228,6 +252,8 @@ pub struct Decision {
     pub requeue_after: Option<f64>,
     /// Related objects to read first; when set, `effects` is empty: read them and decide again.
     pub needs: Vec<RelatedRequest>,
+    /// Lookups to find first; when set, `effects` is empty: find them and decide again.
+    pub lookups: Vec<LookupRequest>,
     /// Set when the rules failed at run time; the effects then only report it.
     pub error: Option<DecideError>,
 }
@@ -235,7 +261,7 @@ pub struct Decision {
 impl Decision {
     /// Whether carrying this out changes anything.
     pub fn is_noop(&self) -> bool {
-        self.effects.is_empty() && self.needs.is_empty()
+        self.effects.is_empty() && self.needs.is_empty() && self.lookups.is_empty()
     }
 
     /// The status patch, if any.

@@ -17,10 +17,19 @@ use serde_json::{Map, Value, json};
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 
+/// What a decision must have read before it can go on.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Need {
+    /// A related list (index into the rules' related lists).
+    Related(usize),
+    /// A lookup (index into the rules' lookups).
+    Lookup(usize),
+}
+
 /// Why evaluation stopped early.
 pub(super) enum Stop {
-    /// Related objects must be read first.
-    Needs(usize),
+    /// Objects must be read first.
+    Needs(Need),
     /// The rules failed.
     Fail(DecideError),
 }
@@ -96,6 +105,9 @@ pub(super) struct Scope<'a> {
     phase_value: Value,
     now_value: Value,
     related: Bound,
+    /// What the rules see of each lookup computed so far, by name.
+    lookups: Bound,
+    lookups_done: Vec<bool>,
     /// The first validation rule that failed, if any.
     pub validation: Bound,
     /// The execution object's identity, once rendered.
@@ -170,6 +182,11 @@ impl<'a> Scope<'a> {
                 tmpl: JValue::from_serialize(&obs.related),
                 json: related,
             },
+            lookups: Bound {
+                json: Value::Object(Map::new()),
+                tmpl: JValue::from_serialize(Map::new()),
+            },
+            lookups_done: vec![false; rules.lookups.len()],
             validation: Bound::null(),
             object: Bound::null(),
             values: Values {
@@ -197,6 +214,7 @@ impl<'a> Scope<'a> {
             values => self.values.all.clone(),
             validation => self.validation.tmpl.clone(),
             related => self.related.tmpl.clone(),
+            lookups => self.lookups.tmpl.clone(),
             object => self.object.tmpl.clone(),
             vars => vars,
             transition => transition,
@@ -220,9 +238,11 @@ impl<'a> Scope<'a> {
 
     // ---- values ----
 
-    /// Makes sure what `deps` reads is there: related lists read, values computed.
+    /// Makes sure what `deps` reads is there: related lists read, lookups found, values
+    /// computed.
     pub fn ensure(&mut self, deps: &Deps) -> Result<(), Stop> {
         self.related_read(&deps.related)?;
+        self.lookups_found(&deps.lookups)?;
         for &v in &deps.values {
             self.compute(v, 0)?;
         }
@@ -234,8 +254,47 @@ impl<'a> Scope<'a> {
             if let Some(rel) = self.rules.related.get(r)
                 && !self.obs.related.contains_key(&rel.name)
             {
-                return Err(Stop::Needs(r));
+                return Err(Stop::Needs(Need::Related(r)));
             }
+        }
+        Ok(())
+    }
+
+    /// Whether the world has found lookup `index` for this decision.
+    pub fn lookup_found(&self, index: usize) -> bool {
+        self.rules
+            .lookups
+            .get(index)
+            .is_some_and(|l| self.obs.lookups.contains_key(&l.name))
+    }
+
+    fn lookups_found(&mut self, lookups: &BTreeSet<usize>) -> Result<(), Stop> {
+        for &i in lookups {
+            if self.lookups_done.get(i).copied().unwrap_or(true) {
+                continue;
+            }
+            let Some(l) = self.rules.lookups.get(i) else {
+                continue;
+            };
+            let Some(found) = self.obs.lookups.get(&l.name) else {
+                return Err(Stop::Needs(Need::Lookup(i)));
+            };
+            let found = found.as_array().map(Vec::as_slice).unwrap_or_default();
+            let seen = super::lookups::select(self, i, found)?;
+            self.lookups.tmpl = {
+                let mut m: BTreeMap<String, JValue> = BTreeMap::new();
+                if let Value::Object(all) = &self.lookups.json {
+                    for (k, v) in all {
+                        m.insert(k.clone(), JValue::from_serialize(v));
+                    }
+                }
+                m.insert(l.name.clone(), JValue::from_serialize(&seen));
+                JValue::from_object(m)
+            };
+            if let Value::Object(m) = &mut self.lookups.json {
+                m.insert(l.name.clone(), seen);
+            }
+            self.lookups_done[i] = true;
         }
         Ok(())
     }
@@ -252,6 +311,7 @@ impl<'a> Scope<'a> {
         }
         let rule = &self.rules.values[index];
         self.related_read(&rule.deps.related)?;
+        self.lookups_found(&rule.deps.lookups)?;
         for &v in &rule.deps.values {
             self.compute(v, depth + 1)?;
         }
@@ -399,6 +459,7 @@ impl Env for Scope<'_> {
             Root::Execution => self.obs.execution.as_ref().unwrap_or(&self.null),
             Root::Owned => &self.owned_value,
             Root::Related => &self.related.json,
+            Root::Lookups => &self.lookups.json,
             Root::Error => &self.error,
             Root::Validation => &self.validation.json,
             Root::Values => &self.values.json,

@@ -17,6 +17,8 @@ pub enum Root {
     Owned,
     /// Related objects, by name: lists of `{ref, object}`.
     Related,
+    /// Lookups of other objects, by name: an object, `null`, or a list.
+    Lookups,
     /// The error of the last action on the execution object, if any.
     Error,
     /// The first failed validation rule as `{rule, message}`, if any.
@@ -42,6 +44,7 @@ impl Root {
         Root::Execution,
         Root::Owned,
         Root::Related,
+        Root::Lookups,
         Root::Error,
         Root::Validation,
         Root::Values,
@@ -59,6 +62,7 @@ impl Root {
             Root::Execution => "execution",
             Root::Owned => "owned",
             Root::Related => "related",
+            Root::Lookups => "lookups",
             Root::Error => "error",
             Root::Validation => "validation",
             Root::Values => "values",

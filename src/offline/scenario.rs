@@ -61,7 +61,7 @@ pub struct Step {
     /// Create or replace objects.
     #[serde(default)]
     pub put: Vec<Value>,
-    /// Merge patch applied to the resource (its metadata or spec: someone edits it).
+    /// Merge patch applied to the resource (someone edits it: spec, labels, annotations, status).
     #[serde(default)]
     pub patch_resource: Option<Value>,
     /// Merge patch applied to the execution object.

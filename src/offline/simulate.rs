@@ -8,7 +8,8 @@
 
 use crate::engine::drive::{self, DriveError, Outcome};
 use crate::engine::{
-    self, ActionError, Decision, Effect, ObjectKey, Observation, status::apply_merge_patch,
+    self, ActionError, Decision, Effect, LookupRequest, ObjectKey, Observation,
+    status::apply_merge_patch,
 };
 use crate::rules::{Rules, SimulatedChangeRules};
 use minijinja::{Value as JValue, context};
@@ -111,6 +112,35 @@ impl<'r> World<'r> {
             ObjectKey::of(&obj).ok_or("an object needs apiVersion, kind and metadata.name")?;
         let obj = self.stamp(obj);
         self.objects.insert(key, obj);
+        Ok(())
+    }
+
+    /// Applies a merge patch to the governed resource (someone edited it); its
+    /// `resourceVersion` moves, and its `generation` when anything but `metadata` and `status`
+    /// changed, as the API server does.
+    pub fn patch_resource(&mut self, patch: &Value) -> Result<(), String> {
+        let Some(mut resource) = self.resource.take() else {
+            return Err("the resource is gone".into());
+        };
+        let before = resource.clone();
+        apply_merge_patch(&mut resource, patch);
+        let spec_changed = before.as_object().is_some_and(|b| {
+            resource.as_object().is_some_and(|r| {
+                b.iter()
+                    .chain(r.iter())
+                    .filter(|(k, _)| !["metadata", "status"].contains(&k.as_str()))
+                    .any(|(k, _)| b.get(k) != r.get(k))
+            })
+        });
+        if spec_changed
+            && let Some(meta) = resource.get_mut("metadata").and_then(Value::as_object_mut)
+        {
+            let generation = meta.get("generation").and_then(Value::as_i64).unwrap_or(1);
+            meta.insert("generation".into(), Value::from(generation + 1));
+        }
+        let resource = self.stamp(resource);
+        self.note("world", "resource changed".into(), patch.clone());
+        self.resource = Some(resource);
         Ok(())
     }
 
@@ -218,14 +248,6 @@ impl<'r> World<'r> {
         }
         let updated = self.stamp(updated);
         self.objects.insert(key, updated);
-        Ok(())
-    }
-
-    /// Applies a merge patch to the resource, as an edit by someone else would.
-    pub fn patch_resource(&mut self, patch: &Value) -> Result<(), String> {
-        let mut resource = self.resource.take().ok_or("the resource is gone")?;
-        apply_merge_patch(&mut resource, patch);
-        self.resource = Some(self.stamp(resource));
         Ok(())
     }
 
@@ -510,6 +532,17 @@ impl engine::drive::World for World<'_> {
         Ok(self.objects.get(key).cloned())
     }
 
+    /// Every object of the world that the request asks for, the governed resource included.
+    async fn lookup(&mut self, request: &LookupRequest) -> Result<Vec<Value>, Infallible> {
+        Ok(self
+            .resource
+            .iter()
+            .chain(self.objects.values())
+            .filter(|o| engine::lookup_matches(request, o))
+            .cloned()
+            .collect())
+    }
+
     async fn carry_out(&mut self, effect: &Effect) -> Outcome<Infallible> {
         self.apply(effect)
     }
@@ -587,6 +620,8 @@ pub struct Script {
     pub after: f64,
     /// Stop after this much virtual time.
     pub limit: f64,
+    /// Other objects that exist from the start (for lookups).
+    pub objects: Vec<Value>,
 }
 
 /// Runs a script to its end and returns the world.
@@ -597,6 +632,9 @@ pub fn run<'r>(
     script: &Script,
 ) -> Result<World<'r>, String> {
     let mut world = World::new(rules, resource, start);
+    for o in &script.objects {
+        world.put(o.clone())?;
+    }
     world.note("resource", "created".into(), Value::Null);
     let first = format!("{}:{}:{}", script.outcome, script.reason, script.message);
     let mut outcomes = vec![scripted(rules, &first)?];

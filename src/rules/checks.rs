@@ -190,6 +190,7 @@ impl Compiler<'_> {
             Root::Values => (&self.value_names, "value", "values"),
             Root::Settings => (&self.setting_names, "setting", "settings"),
             Root::Related => (&self.related_names, "related object list", "related"),
+            Root::Lookups => (&self.lookup_names, "lookup", "lookups"),
             _ => return None,
         };
         if known.iter().any(|k| k == name) || self.broken.contains(&format!("{section}.{name}")) {

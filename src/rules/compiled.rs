@@ -8,7 +8,7 @@
 //! each piece records what it reads. Nothing here parses or checks: the compiler builds these
 //! values once, when the rules load, and they never change afterwards.
 
-use super::model::{EventType, ExecutionAction, OwnerLabels, StatusFields};
+use super::model::{EventType, ExecutionAction, LookupSelect, OwnerLabels, StatusFields};
 use crate::expr::{Path as JPath, Pred};
 use crate::render::Tmpl;
 use regex::Regex;
@@ -22,6 +22,8 @@ pub struct Deps {
     pub values: BTreeSet<usize>,
     /// Indices into [`super::Rules::related`].
     pub related: BTreeSet<usize>,
+    /// Indices into [`super::Rules::lookups`].
+    pub lookups: BTreeSet<usize>,
 }
 
 /// The governed resource.
@@ -79,6 +81,42 @@ pub struct RelatedRules {
     pub namespace_path: Option<JPath>,
     /// Which entries are read.
     pub filter: Option<Pred>,
+}
+
+/// Where a lookup looks.
+#[derive(Debug, Clone)]
+pub enum LookupNamespace {
+    /// The governed resource's namespace.
+    Resource,
+    /// Every namespace (and cluster-scoped objects).
+    All,
+    /// The namespace this template gives.
+    Template(Tmpl),
+}
+
+/// A lookup of other objects.
+#[derive(Debug, Clone)]
+pub struct LookupRules {
+    /// Name (`lookups.NAME`).
+    pub name: String,
+    /// `group/version`.
+    pub api_version: String,
+    /// Kind.
+    pub kind: String,
+    /// Where to look.
+    pub namespace: LookupNamespace,
+    /// Only the object of this name.
+    pub object_name: Option<Tmpl>,
+    /// Label equality selector: key and value template.
+    pub match_labels: Vec<(String, Tmpl)>,
+    /// Leave out the governed resource itself (by uid).
+    pub exclude_self: bool,
+    /// Which objects count (`$` and `item` are the object).
+    pub filter: Option<Pred>,
+    /// Sort key inside each object.
+    pub sort_by: Option<JPath>,
+    /// What the rules see.
+    pub select: LookupSelect,
 }
 
 /// A validation rule.

@@ -52,6 +52,8 @@ pub(crate) struct Compiler<'a> {
     pub(crate) value_names: Vec<String>,
     /// Names of `related`, in order.
     pub(crate) related_names: Vec<String>,
+    /// Names of `lookups`, in order.
+    pub(crate) lookup_names: Vec<String>,
     /// Names of `settings`.
     pub(crate) setting_names: Vec<String>,
     /// Names of entries that failed to parse, so that references to them are not reported.
@@ -78,6 +80,7 @@ pub(crate) fn compile(
         uses: Vec::new(),
         value_names: Vec::new(),
         related_names: Vec::new(),
+        lookup_names: Vec::new(),
         setting_names: Vec::new(),
         broken: BTreeSet::new(),
         templates_dir: sources.templates_dir.clone(),
@@ -123,9 +126,14 @@ impl Compiler<'_> {
         self.setting_names = raw.settings.keys().cloned().collect();
         self.value_names = raw.values.keys().cloned().collect();
         self.related_names = raw.related.keys().cloned().collect();
+        self.lookup_names = raw.lookups.keys().cloned().collect();
         let resource = self.compile_resource(&raw.resource);
         let execution = self.compile_execution(&raw.execution);
         let related = self.compile_related(&raw.related);
+        let lookups = self.compile_lookups(
+            &raw.lookups,
+            (&raw.resource.api_version, &raw.resource.kind),
+        );
         let validation = self.compile_validation(&raw.validation);
         let values = self.compile_values(&raw.values);
         let (phases, initial) = self.compile_phases(&raw);
@@ -152,6 +160,7 @@ impl Compiler<'_> {
             resource,
             execution,
             related,
+            lookups,
             validation,
             values,
             phases,
@@ -266,6 +275,7 @@ impl Compiler<'_> {
                     Some(Root::Related) => {
                         Some((&self.related_names, "related object list", "related"))
                     }
+                    Some(Root::Lookups) => Some((&self.lookup_names, "lookup", "lookups")),
                     _ => None,
                 };
                 if let (Some((known, what, section)), Some(key)) = (names, p.key())

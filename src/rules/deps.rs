@@ -17,6 +17,7 @@ impl Compiler<'_> {
     pub(crate) fn compute_deps(&mut self, rules: &mut Rules) {
         let value_names = self.value_names.clone();
         let related_names = self.related_names.clone();
+        let lookup_names = self.lookup_names.clone();
         let t = &rules.templates;
         let of_template = |id: usize, d: &mut Deps| {
             if id == usize::MAX {
@@ -35,8 +36,14 @@ impl Compiler<'_> {
                             d.related.insert(i);
                         }
                     }
+                    (Some("lookups"), Some(n)) => {
+                        if let Some(i) = lookup_names.iter().position(|v| v == n) {
+                            d.lookups.insert(i);
+                        }
+                    }
                     (Some("values"), None) => d.values.extend(0..value_names.len()),
                     (Some("related"), None) => d.related.extend(0..related_names.len()),
+                    (Some("lookups"), None) => d.lookups.extend(0..lookup_names.len()),
                     _ => {}
                 }
             }
@@ -52,8 +59,14 @@ impl Compiler<'_> {
                     d.related.insert(i);
                 }
             }
+            (Some(Root::Lookups), Some(n)) => {
+                if let Some(i) = lookup_names.iter().position(|v| v == n) {
+                    d.lookups.insert(i);
+                }
+            }
             (Some(Root::Values), None) => d.values.extend(0..value_names.len()),
             (Some(Root::Related), None) => d.related.extend(0..related_names.len()),
+            (Some(Root::Lookups), None) => d.lookups.extend(0..lookup_names.len()),
             _ => {}
         };
         let of_tmpl = |x: &Tmpl, d: &mut Deps| {

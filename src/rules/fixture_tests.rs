@@ -712,6 +712,7 @@ fn the_job_lifecycle_simulates_a_success_and_a_failure() {
             then: Vec::new(),
             after: 45.0,
             limit: 24.0 * 3600.0,
+            objects: Vec::new(),
         };
         let world = crate::offline::simulate::run(&rules, resource.clone(), start, &script)
             .unwrap_or_else(|e| panic!("{outcome}: {e}"));
@@ -734,5 +735,47 @@ fn the_job_lifecycle_simulates_a_success_and_a_failure() {
             world.execution().is_none(),
             "{outcome}: the Job is deleted after the cooldown"
         );
+    }
+}
+
+#[test]
+fn the_remediation_lifecycle_scenarios_pass_and_simulate_plays_its_lookups() {
+    let path = root().join("examples/remediation-lifecycle.yaml");
+    let files = crate::offline::scenario::collect(&[root().join("tests/lifecycle-remediation")])
+        .expect("tests/lifecycle-remediation has scenarios");
+    let failures: Vec<String> = files
+        .iter()
+        .map(|f| crate::offline::scenario::run_file(f, &path))
+        .filter(|o| !o.failures.is_empty())
+        .map(|o| format!("{}: {}", o.name, o.failures.join("; ")))
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let rules = match load_guarded(&path, &[]) {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => panic!("{e}"),
+        Err(e) => panic!("{e}"),
+    };
+    let resource =
+        crate::offline::read_object(&root().join("examples/remediation.yaml")).expect("example");
+    let start = crate::time::parse_secs("2026-01-01T00:00:00Z").expect("start");
+    let busy = serde_json::json!({
+        "apiVersion": "example.com/v1", "kind": "Remediation",
+        "metadata": {"name": "other", "namespace": "elsewhere"},
+        "spec": {"image": "x", "target": "shop/web"},
+        "status": {"phase": "Running"},
+    });
+    for (objects, phase) in [(vec![], "Succeeded"), (vec![busy], "Skipped")] {
+        let script = crate::offline::simulate::Script {
+            outcome: "succeeded".into(),
+            reason: String::new(),
+            message: String::new(),
+            after: 45.0,
+            limit: 3600.0,
+            objects,
+        };
+        let world = crate::offline::simulate::run(&rules, resource.clone(), start, &script)
+            .unwrap_or_else(|e| panic!("{phase}: {e}"));
+        let status = &world.resource.as_ref().expect("the resource exists")["status"];
+        assert_eq!(status["phase"], phase, "{status}");
     }
 }

@@ -38,9 +38,9 @@ mod watch;
 
 pub use compiled::{
     ActionRules, AuditRules, ConditionRules, CooldownRules, Deps, EventRules, ExecutionRules,
-    MatcherRules, MetricRules, PhaseRules, RelatedRules, ResourceRules, RetryRules,
-    SimulatedChangeRules, SimulationRules, TableRules, TmplTree, TransitionRules, ValidationRules,
-    ValueKind, ValueRules,
+    LookupNamespace, LookupRules, MatcherRules, MetricRules, PhaseRules, RelatedRules,
+    ResourceRules, RetryRules, SimulatedChangeRules, SimulationRules, TableRules, TmplTree,
+    TransitionRules, ValidationRules, ValueKind, ValueRules,
 };
 pub use crd::{KindSchema, find_kind_schema, status_problems};
 pub use schema::json_schema;
@@ -151,6 +151,8 @@ pub struct Rules {
     pub execution: ExecutionRules,
     /// Related objects.
     pub related: Vec<RelatedRules>,
+    /// Lookups of other objects.
+    pub lookups: Vec<LookupRules>,
     /// Validation rules in order.
     pub validation: Vec<ValidationRules>,
     /// Computed values (dependencies always point backwards in evaluation order).

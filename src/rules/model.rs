@@ -35,6 +35,10 @@ pub struct RulesFile {
     /// Objects read on demand, listed by references inside the execution object.
     #[serde(default)]
     pub related: IndexMap<String, RelatedSpec>,
+    /// Declared reads of other objects, by name or label selector (`lookups.NAME` in
+    /// templates, `$.lookups.NAME` in paths), served from watch caches.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub lookups: IndexMap<String, LookupSpec>,
     /// Ordered validation rules; the first that fails is reported (`validation` in templates).
     #[serde(default)]
     pub validation: Vec<ValidationRule>,
@@ -232,6 +236,58 @@ pub struct RelatedSpec {
     /// Only entries for which this holds (`$` is the entry) are read; others get no object.
     #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
     pub filter: Option<Predicate>,
+}
+
+/// A declared read of other objects of one kind: which objects (namespace, name, labels), which
+/// of them count (`where`), in what order (`sortBy`) and what the rules see (`select`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LookupSpec {
+    /// Human description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `group/version` of the objects (`v1` for the core group).
+    pub api_version: String,
+    /// Kind of the objects; may be the governed kind.
+    pub kind: String,
+    /// Namespace template. Default: the resource's namespace. Not with `allNamespaces`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Look in every namespace (and at cluster-scoped objects).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_namespaces: bool,
+    /// Name template: only the object of this name (an empty name selects nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Only objects carrying every one of these labels with these values (value templates).
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub match_labels: IndexMap<String, String>,
+    /// Leave out the governed resource itself (compared by uid).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exclude_self: bool,
+    /// Only objects for which this holds (`$` and `item` are the object).
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Predicate>,
+    /// Path inside each object (`$` is the object) to sort by; objects where it selects
+    /// nothing come first. Without it, objects are in namespace/name order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sort_by: Option<String>,
+    /// What the rules see: `all` (a list, the default), `first` or `last` (one object, or null).
+    #[serde(default)]
+    pub select: LookupSelect,
+}
+
+/// Which of the objects a lookup found the rules see.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum LookupSelect {
+    /// Every object, as a list.
+    #[default]
+    All,
+    /// The first object in order, or null.
+    First,
+    /// The last object in order, or null.
+    Last,
 }
 
 /// One validation rule: `require` must hold, else `message` is the failure.

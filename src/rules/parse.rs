@@ -124,6 +124,7 @@ impl Compiler<'_> {
             "resource",
             "execution",
             "related",
+            "lookups",
             "validation",
             "values",
             "actions",
@@ -211,6 +212,7 @@ impl Compiler<'_> {
         });
         let settings = self.de_map::<Setting>(get("settings"), "settings");
         let related = self.de_map::<RelatedSpec>(get("related"), "related");
+        let lookups = self.de_map::<LookupSpec>(get("lookups"), "lookups");
         let values = self.de_map::<ValueSpec>(get("values"), "values");
         let actions = self.de_map::<Action>(get("actions"), "actions");
         let metrics = self.de_map::<MetricSpec>(get("metrics"), "metrics");
@@ -248,6 +250,7 @@ impl Compiler<'_> {
             resource: resource?,
             execution: execution?,
             related,
+            lookups,
             validation,
             values,
             actions,

@@ -47,7 +47,7 @@ impl Compiler<'_> {
 }
 
 /// Checks a label key (`prefix/name`).
-fn check_label_key(key: &str) -> Result<(), String> {
+pub(crate) fn check_label_key(key: &str) -> Result<(), String> {
     let (prefix, name) = match key.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),

@@ -6,7 +6,8 @@
 pub(crate) mod actions;
 mod audit;
 mod cooldown;
-mod execution;
+pub(crate) mod execution;
+mod lookups;
 mod metrics;
 mod on_delete;
 mod phases;

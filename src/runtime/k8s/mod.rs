@@ -11,6 +11,7 @@ mod caches;
 mod client;
 mod crd;
 mod lease;
+mod lookups;
 mod reconcile;
 mod status_guard;
 
@@ -113,6 +114,7 @@ pub struct Ctx {
     pub(crate) shard: Option<(u32, u32)>,
     pub(crate) failures: std::sync::Mutex<HashMap<String, u32>>,
     pub(crate) status_guard: status_guard::StatusGuard,
+    pub(crate) lookups: lookups::LookupCaches,
 }
 
 /// Readiness of the shell, for `/readyz`.
@@ -169,6 +171,15 @@ pub async fn run(
     for w in &watched {
         let ar = resolve(&control, &w.api_version, &w.kind, &w.role).await?;
         kinds.insert((w.api_version.clone(), w.kind.clone()), ar);
+    }
+    for l in &current.lookups {
+        resolve(
+            &control,
+            &l.api_version,
+            &l.kind,
+            &format!("lookup `{}`", l.name),
+        )
+        .await?;
     }
 
     // a standby told to stop stops at once (it holds nothing)
@@ -237,6 +248,24 @@ pub async fn run(
             instance: settings.instance.clone(),
         },
     );
+    // the resources, trimmed before the cache stores them
+    let resource_writer = reflector::store::Writer::new(resource_ar.clone());
+    let resource_store = resource_writer.as_reader();
+    let lookups = lookups::LookupCaches::new(
+        client.clone(),
+        metrics.clone(),
+        watch_timeout,
+        (
+            (
+                current.resource.api_version.clone(),
+                current.resource.kind.clone(),
+            ),
+            resource_store.clone(),
+        ),
+    );
+    for l in &current.lookups {
+        lookups.start(&l.api_version, &l.kind).await?;
+    }
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         rules: rules.clone(),
@@ -250,6 +279,7 @@ pub async fn run(
         shard: settings.shard,
         failures: std::sync::Mutex::new(HashMap::new()),
         status_guard: status_guard::StatusGuard::default(),
+        lookups,
     });
 
     // every swap of the rules reconciles every resource once
@@ -276,9 +306,6 @@ pub async fn run(
         }
     });
 
-    // the resources, trimmed before the cache stores them
-    let resource_writer = reflector::store::Writer::new(resource_ar.clone());
-    let resource_store = resource_writer.as_reader();
     let resource_stream = reflector::reflector(
         resource_writer,
         watcher(resources, watcher::Config::default().timeout(watch_timeout))

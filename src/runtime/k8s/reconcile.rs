@@ -5,7 +5,7 @@
 use super::status_guard::{STATUS_NOT_PERSISTED, lost_fields};
 use super::{Cached, Ctx, Error, backoff, shard_of};
 use crate::engine::drive::{DriveError, Outcome, World, drive};
-use crate::engine::{self, ActionError, Decision, Effect, ObjectKey, Observation};
+use crate::engine::{self, ActionError, Decision, Effect, LookupRequest, ObjectKey, Observation};
 use crate::rules::Rules;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions,
@@ -179,6 +179,10 @@ impl World for Cluster<'_> {
 
     async fn related(&mut self, key: &ObjectKey) -> Result<Option<Value>, Error> {
         observe(self.ctx, key).await
+    }
+
+    async fn lookup(&mut self, request: &LookupRequest) -> Result<Vec<Value>, Error> {
+        self.ctx.lookups.find(request).await
     }
 
     async fn carry_out(&mut self, effect: &Effect) -> Outcome<Error> {
