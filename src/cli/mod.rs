@@ -311,6 +311,11 @@ fn check(
                     .map(|s| format!("; status checked against {s}"))
                     .unwrap_or_default()
             ));
+            for (api_version, kind) in lookup_kinds(&r) {
+                out(&format!(
+                    "  lookups read {kind} ({api_version}): the controller needs list and watch on them in every namespace (a ClusterRole rule)\n"
+                ));
+            }
             ExitCode::SUCCESS
         }
         (Format::Text, Err(e)) => {
@@ -320,7 +325,7 @@ fn check(
         (Format::Json, Ok(r)) => {
             out(&format!(
                 "{}\n",
-                json!({"file": file.display().to_string(), "valid": true, "revision": r.revision, "crd": checked_against, "problems": []})
+                json!({"file": file.display().to_string(), "valid": true, "revision": r.revision, "crd": checked_against, "rbac": rbac(&r), "problems": []})
             ));
             ExitCode::SUCCESS
         }
@@ -396,6 +401,29 @@ pub fn graph(rules: &Rules, format: GraphFormat) -> String {
         }
     }
     out
+}
+
+/// The kinds the rules look up, once each (`apiVersion`, `kind`).
+fn lookup_kinds(rules: &Rules) -> Vec<(String, String)> {
+    let mut kinds: Vec<(String, String)> = rules
+        .lookups
+        .iter()
+        .map(|l| (l.api_version.clone(), l.kind.clone()))
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}
+
+/// The access the rules' lookups need beyond the base install: `[{apiVersion, kind, verbs,
+/// allNamespaces}]`.
+fn rbac(rules: &Rules) -> Value {
+    lookup_kinds(rules)
+        .into_iter()
+        .map(|(api_version, kind)| {
+            json!({"apiVersion": api_version, "kind": kind, "verbs": ["list", "watch"], "allNamespaces": true})
+        })
+        .collect()
 }
 
 /// Loads rules and a resource file, printing what went wrong.
