@@ -34,15 +34,7 @@ impl Compiler<'_> {
                 continue;
             }
             self.check_api_version(&at.key("apiVersion"), &l.api_version);
-            if !is_kind(&l.kind) {
-                self.problem(
-                    &at.key("kind"),
-                    format!(
-                        "`{}` is not a kind (an upper-case letter, then letters and digits, e.g. ConfigMap)",
-                        l.kind
-                    ),
-                );
-            }
+            self.check_kind(&at.key("kind"), &l.kind);
             let first_use = self.uses.len();
             let namespace = match (&l.namespace, l.all_namespaces) {
                 (Some(_), true) => {
@@ -135,10 +127,4 @@ impl Compiler<'_> {
             }
         }
     }
-}
-
-/// Whether `s` has the shape of a Kubernetes kind.
-fn is_kind(s: &str) -> bool {
-    s.chars().next().is_some_and(|c| c.is_ascii_uppercase())
-        && s.chars().all(|c| c.is_ascii_alphanumeric())
 }
