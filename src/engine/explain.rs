@@ -7,7 +7,7 @@
 //! the observation (see [`related_requests_all`]) and formats the result.
 
 use super::decide::validation;
-use super::scope::{Scope, Stop, phase_of, related_requests};
+use super::scope::{Need, Scope, Stop, phase_of, related_requests};
 use super::{ActionError, Decision, ObjectKey, Observation, RelatedRequest, decide};
 use crate::expr::{Env, Path, Pred, Root};
 use crate::rules::model::ExecutionAction;
@@ -267,9 +267,13 @@ pub fn explain(rules: &Rules, obs: &Observation, now: f64) -> Explanation {
 fn stop_text(rules: &Rules, stop: Stop) -> String {
     match stop {
         Stop::Fail(e) => e.message,
-        Stop::Needs(i) => format!(
+        Stop::Needs(Need::Related(i)) => format!(
             "needs the related list `{}`, which was not read",
             rules.related.get(i).map_or("?", |r| r.name.as_str())
+        ),
+        Stop::Needs(Need::Lookup(i)) => format!(
+            "needs the lookup `{}`, which was not found",
+            rules.lookups.get(i).map_or("?", |l| l.name.as_str())
         ),
     }
 }
@@ -281,6 +285,7 @@ fn values(s: &mut Scope<'_>) -> Vec<ValueView> {
         let deps = Deps {
             values: BTreeSet::from([i]),
             related: BTreeSet::new(),
+            lookups: BTreeSet::new(),
         };
         match s.ensure(&deps) {
             Ok(()) => out.push(ValueView {

@@ -55,6 +55,20 @@ pub(super) fn request(scope: &Scope<'_>, index: usize) -> Result<LookupRequest, 
     })
 }
 
+/// What every lookup of the rules asks the world for, for `resource` (tools that read
+/// everything up front, such as `explain`); a lookup whose request cannot be rendered is left
+/// out (the decision then reports it).
+pub fn requests_all(rules: &Rules, resource: &Value, now: f64) -> Vec<LookupRequest> {
+    let obs = super::Observation {
+        resource: resource.clone(),
+        ..super::Observation::default()
+    };
+    let scope = Scope::new(rules, &obs, now);
+    (0..rules.lookups.len())
+        .filter_map(|i| request(&scope, i).ok())
+        .collect()
+}
+
 /// Whether `obj` is one the request asks for. Worlds may use it to find candidates; the engine
 /// applies it again, so a world that returns too much changes nothing.
 pub fn matches(request: &LookupRequest, obj: &Value) -> bool {

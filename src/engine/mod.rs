@@ -28,7 +28,7 @@ pub mod status;
 
 pub use decide::{ERROR_CONDITION, decide, execution_key};
 pub use effects::render_tree;
-pub use lookups::matches as lookup_matches;
+pub use lookups::{matches as lookup_matches, requests_all as lookup_requests_all};
 pub use scope::{phase_of, related_requests};
 
 use serde::Serialize;

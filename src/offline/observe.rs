@@ -60,10 +60,21 @@ pub fn observation(rules: &Rules, resource: Value, objects: &[Value], now: f64) 
             .collect();
         related.insert(request.name.clone(), Value::Array(list));
     }
+    let mut lookups = Map::new();
+    for request in crate::engine::lookup_requests_all(rules, &resource, now) {
+        let own = ObjectKey::of(&resource);
+        let found = std::iter::once(&resource)
+            .chain(objects.iter().filter(|o| ObjectKey::of(o) != own))
+            .filter(|o| crate::engine::lookup_matches(&request, o))
+            .cloned()
+            .collect();
+        lookups.insert(request.name.clone(), Value::Array(found));
+    }
     Observation {
         resource,
         execution,
         related,
         error: None,
+        lookups,
     }
 }

@@ -143,11 +143,53 @@ impl Cluster {
             }
             related.insert(request.name.clone(), Value::Array(list));
         }
+        let mut lookups = Map::new();
+        for request in crate::engine::lookup_requests_all(rules, &resource, now) {
+            let api = self
+                .api(
+                    &request.api_version,
+                    &request.kind,
+                    request.namespace.as_deref(),
+                )
+                .await?;
+            let selector: Vec<String> = request
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let list = api
+                .list(&ListParams::default().labels(&selector.join(",")))
+                .await
+                .map_err(|e| {
+                    format!(
+                        "listing {} for lookup `{}`: {e}",
+                        request.kind, request.name
+                    )
+                })?;
+            let found = list
+                .items
+                .into_iter()
+                .map(to_json)
+                .map(|mut v| {
+                    // list items of built-in kinds come without their type
+                    if let Some(m) = v.as_object_mut() {
+                        m.entry("apiVersion")
+                            .or_insert_with(|| Value::String(request.api_version.clone()));
+                        m.entry("kind")
+                            .or_insert_with(|| Value::String(request.kind.clone()));
+                    }
+                    v
+                })
+                .filter(|o| crate::engine::lookup_matches(&request, o))
+                .collect();
+            lookups.insert(request.name.clone(), Value::Array(found));
+        }
         Ok(Observation {
             resource,
             execution,
             related,
             error: None,
+            lookups,
         })
     }
 }
