@@ -39,7 +39,7 @@ pub enum Root {
 
 impl Root {
     /// Every root, in documentation order.
-    pub const ALL: [Root; 12] = [
+    pub const ALL: [Root; 13] = [
         Root::Resource,
         Root::Execution,
         Root::Owned,

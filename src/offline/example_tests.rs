@@ -1,5 +1,6 @@
-//! The timer and retry examples: their scenario folders pass, and `simulate` plays every attempt
-//! and every wait of them over the virtual clock.
+//! The timer, retry and lookup examples: their scenario folders pass, and `simulate` plays every
+//! attempt and every wait of them over the virtual clock, and the lookups of the objects it is
+//! given.
 
 use super::scenario::{collect, run_file};
 use super::simulate::{self, Script};
@@ -52,6 +53,7 @@ fn simulate(rules: &str, resource: &str, outcomes: &[&str]) -> (Value, Vec<(f64,
         then: outcomes[1..].iter().map(|s| s.to_string()).collect(),
         after: 45.0,
         limit: 24.0 * 3600.0,
+        objects: Vec::new(),
     };
     let world = simulate::run(&rules, resource, start, &script).unwrap_or_else(|e| panic!("{e}"));
     let creates = world
@@ -101,4 +103,42 @@ fn simulate_plays_the_approval_timeout_at_its_deadline() {
     assert_eq!(status["phase"], "Expired", "{status}");
     assert_eq!(status["phaseEnteredAt"], "2026-01-01T01:00:00Z", "{status}");
     assert!(creates.is_empty(), "{creates:?}");
+}
+
+#[test]
+fn the_remediation_example_scenarios_pass() {
+    scenarios_pass(
+        "tests/lifecycle-remediation",
+        "examples/remediation-lifecycle.yaml",
+        11,
+    );
+}
+
+#[test]
+fn simulate_plays_the_lookups_of_the_objects_it_is_given() {
+    let rules = Rules::load(&root().join("examples/remediation-lifecycle.yaml"), &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let resource = super::read_object(&root().join("examples/remediation.yaml")).expect("example");
+    let start = crate::time::parse_secs("2026-01-01T00:00:00Z").expect("start");
+    let busy = serde_json::json!({
+        "apiVersion": "example.com/v1", "kind": "Remediation",
+        "metadata": {"name": "other", "namespace": "elsewhere"},
+        "spec": {"image": "x", "target": "shop/web"},
+        "status": {"phase": "Running"},
+    });
+    for (objects, phase) in [(vec![], "Succeeded"), (vec![busy], "Skipped")] {
+        let script = Script {
+            outcome: "succeeded".into(),
+            reason: String::new(),
+            message: String::new(),
+            then: Vec::new(),
+            after: 45.0,
+            limit: 3600.0,
+            objects,
+        };
+        let world = simulate::run(&rules, resource.clone(), start, &script)
+            .unwrap_or_else(|e| panic!("{phase}: {e}"));
+        let status = &world.resource.as_ref().expect("the resource exists")["status"];
+        assert_eq!(status["phase"], phase, "{status}");
+    }
 }
