@@ -210,6 +210,7 @@ impl Decider<'_> {
         {
             return Ok(false);
         }
+        // the backoff counts from the time the status records for this step (whole seconds)
         let ctx = self.s.ctx(None, None);
         let fail = |message: String| {
             Stop::Fail(DecideError {
@@ -264,7 +265,7 @@ impl Decider<'_> {
             retry_field,
             json!({
                 "attempt": n + 1,
-                "at": crate::time::format_secs((self.s.now + wait).ceil()),
+                "at": crate::time::format_secs((self.s.now.floor() + wait).ceil()),
                 "previous": if r.keep_previous { "keep" } else { "delete" },
             }),
         );

@@ -296,7 +296,8 @@ impl Walker<'_> {
     }
 
     /// The fields the engine itself writes: phase, conditions, observedGeneration, revision,
-    /// where the execution object is, and the cooldown's `since`.
+    /// where the execution object is, the phase entry, the attempt and the waiting retry, and
+    /// the cooldown's `since`.
     fn engine_fields(&mut self, status: &Value) {
         let rules = self.rules;
         let fields = &rules.resource.status;
@@ -343,6 +344,31 @@ impl Walker<'_> {
         {
             let ex = serde_json::json!({"namespace": "", "name": ""});
             self.value(node, &ex, &at.key("execution"), &format!("status.{f}"));
+        }
+        if let Some(f) = &fields.phase_entered_at
+            && let Some(node) = self.top(status, f, &at.key("phaseEnteredAt"))
+            && let Some(why) = literal_misfit(node, &Value::String(String::new()))
+                .filter(|_| node.get("enum").is_none())
+        {
+            self.problem(
+                &at.key("phaseEnteredAt"),
+                format!("`status.{f}` receives when the phase was entered (a timestamp, text), but it {why}"),
+            );
+        }
+        if let Some(f) = &fields.attempt
+            && let Some(node) = self.top(status, f, &at.key("attempt"))
+            && let Some(why) = literal_misfit(node, &Value::from(1))
+        {
+            self.problem(
+                &at.key("attempt"),
+                format!("`status.{f}` receives the attempt number (an integer), but it {why}"),
+            );
+        }
+        if let Some(f) = &fields.retry
+            && let Some(node) = self.top(status, f, &at.key("retry"))
+        {
+            let retry = serde_json::json!({"attempt": 2, "at": "", "previous": "delete"});
+            self.value(node, &retry, &at.key("retry"), &format!("status.{f}"));
         }
         if let Some(c) = &rules.raw.cooldown
             && let Some(node) = self.top(

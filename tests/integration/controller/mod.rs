@@ -11,6 +11,7 @@
 //! (`restarts`), answers of the API server and the audit endpoint (`api`).
 
 mod api;
+mod attempts;
 mod lifecycle;
 mod locking;
 mod reload;
