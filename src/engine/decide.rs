@@ -186,8 +186,16 @@ impl Decider<'_> {
         let ctx = self.s.ctx(None, None);
         let t = &self.s.rules.templates;
         let name = t.text(&ex.name, &ctx).map_err(template_error)?;
-        let namespace = t.text(&ex.namespace, &ctx).map_err(template_error)?;
-        for (what, value, max) in [("name", &name, 253), ("namespace", &namespace, 63)] {
+        // a cluster-scoped object has no namespace
+        let namespace = match &ex.namespace {
+            Some(ns) => t.text(ns, &ctx).map_err(template_error)?,
+            None => String::new(),
+        };
+        let mut checks = vec![("name", &name, 253)];
+        if ex.namespace.is_some() {
+            checks.push(("namespace", &namespace, 63));
+        }
+        for (what, value, max) in checks {
             if let Err(e) = check_dns_name(value, max) {
                 return Err(Stop::Fail(DecideError {
                     category: Category::ExecutionObjectInvalid,
@@ -214,7 +222,7 @@ impl Decider<'_> {
     }
 
     /// Step 2: a resource being deleted runs `onDelete`, then loses its finalizer; nothing else.
-    fn deletion(&self) -> Result<Option<Decision>, Stop> {
+    fn deletion(&mut self) -> Result<Option<Decision>, Stop> {
         let rules = self.s.rules;
         let deleting = self
             .s
@@ -233,6 +241,7 @@ impl Decider<'_> {
             return Ok(Some(self.decision(None, effects, None)));
         }
         if let Some(action) = &rules.on_delete {
+            self.s.ensure(&action.deps)?;
             let transition = self.s.transition_value("delete", &self.s.phase_name);
             self.s
                 .effects_of(action, &transition, "delete", &mut effects, None)?;
@@ -521,9 +530,14 @@ impl Decider<'_> {
             transition,
             ..
         } = draft;
-        let (audits, rest): (Vec<Effect>, Vec<Effect>) = tail
-            .into_iter()
-            .partition(|e| matches!(e, Effect::DeleteExecution { .. } | Effect::Audit { .. }));
+        let (audits, rest): (Vec<Effect>, Vec<Effect>) = tail.into_iter().partition(|e| {
+            matches!(
+                e,
+                Effect::DeleteExecution { .. }
+                    | Effect::PatchExecution { .. }
+                    | Effect::Audit { .. }
+            )
+        });
         head.extend(audits);
         if let Some(patch) = self.status_patch(&current, desired) {
             let at = head

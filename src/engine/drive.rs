@@ -257,6 +257,8 @@ fn refused(e: &ActionError, effect: &Effect) -> Refusal {
     match effect {
         // gone already, or replaced by another object of the same name: not ours
         Effect::DeleteExecution { .. } if e.code == 404 || e.code == 409 => Refusal::Ignore,
+        // gone already: nothing left to patch
+        Effect::PatchExecution { .. } if e.code == 404 => Refusal::Ignore,
         Effect::CreateExecution { .. } if already_exists(e) => Refusal::Observe,
         Effect::CreateExecution { .. } if !super::is_transient(e.code) => Refusal::Observe,
         _ => Refusal::GiveUp,
@@ -304,6 +306,7 @@ pub fn describe(effect: &Effect) -> String {
             None => "the create of the execution object".into(),
         },
         Effect::DeleteExecution { key, .. } => format!("the delete of {}", object(key)),
+        Effect::PatchExecution { key, .. } => format!("the patch of {}", object(key)),
         Effect::PatchStatus { patch } => {
             format!("the status write {}", clip(&patch.to_string(), 200))
         }

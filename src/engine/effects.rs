@@ -106,6 +106,7 @@ impl Scope<'_> {
         {
             out.insert(0, self.delete_execution(ex));
         }
+        self.patches(action, &ctx, out)?;
         self.events(action, &ctx, out)?;
         if !action.audit.is_empty() {
             out.push(self.audit(action, &ctx, step)?);
@@ -113,17 +114,55 @@ impl Scope<'_> {
         self.metrics(action, &ctx, out)
     }
 
-    pub(super) fn delete_execution(&self, ex: &Value) -> Effect {
-        let field = |p: &str| ex.pointer(p).and_then(Value::as_str).map(str::to_string);
-        Effect::DeleteExecution {
-            key: ObjectKey {
-                api_version: self.rules.execution.api_version.clone(),
-                kind: self.rules.execution.kind.clone(),
-                namespace: field("/metadata/namespace").unwrap_or_default(),
-                name: field("/metadata/name").unwrap_or_default(),
-            },
-            uid: field("/metadata/uid"),
+    /// The merge patches of `action` that would change our execution object.
+    fn patches(
+        &self,
+        action: &ActionRules,
+        ctx: &JValue,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), Stop> {
+        let Some(ex) = self.obs.execution.as_ref().filter(|_| self.owned) else {
+            return Ok(());
+        };
+        for (_, tree) in &action.patch {
+            let patch = render_patch(&self.rules.templates, tree, ctx).map_err(template_error)?;
+            let owner = &self.rules.execution.owner_labels;
+            for label in [&owner.name, &owner.namespace] {
+                if patch
+                    .pointer("/metadata/labels")
+                    .is_some_and(|l| l.get(label.as_str()).is_some())
+                {
+                    return Err(Stop::Fail(DecideError {
+                        category: Category::ExecutionObjectInvalid,
+                        message: format!("a patch cannot change the owner label `{label}`"),
+                    }));
+                }
+            }
+            let mut patched = ex.clone();
+            status::apply_merge_patch(&mut patched, &patch);
+            if &patched != ex {
+                let (key, _) = self.observed_key(ex);
+                out.push(Effect::PatchExecution { key, patch });
+            }
         }
+        Ok(())
+    }
+
+    pub(super) fn delete_execution(&self, ex: &Value) -> Effect {
+        let (key, uid) = self.observed_key(ex);
+        Effect::DeleteExecution { key, uid }
+    }
+
+    /// The identity and uid of the execution object as observed.
+    fn observed_key(&self, ex: &Value) -> (ObjectKey, Option<String>) {
+        let field = |p: &str| ex.pointer(p).and_then(Value::as_str).map(str::to_string);
+        let key = ObjectKey {
+            api_version: self.rules.execution.api_version.clone(),
+            kind: self.rules.execution.kind.clone(),
+            namespace: field("/metadata/namespace").unwrap_or_default(),
+            name: field("/metadata/name").unwrap_or_default(),
+        };
+        (key, field("/metadata/uid"))
     }
 
     fn events(
@@ -286,8 +325,21 @@ impl Scope<'_> {
         let Value::Object(meta) = meta else {
             return Err(invalid("metadata is not a mapping".into()));
         };
-        for (field, want) in [("name", &key.name), ("namespace", &key.namespace)] {
-            pin_field(meta, field, want, &format!("metadata.{field}")).map_err(invalid)?;
+        pin_field(meta, "name", &key.name, "metadata.name").map_err(invalid)?;
+        if key.namespace.is_empty() {
+            // cluster-scoped: no namespace at all
+            match meta.get("namespace") {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) if s.is_empty() => {}
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "renders metadata.namespace {other}, but the object is cluster-scoped (the rules give no namespace)"
+                    )));
+                }
+            }
+            meta.remove("namespace");
+        } else {
+            pin_field(meta, "namespace", &key.namespace, "metadata.namespace").map_err(invalid)?;
         }
         if meta.contains_key("generateName") || meta.contains_key("ownerReferences") {
             return Err(invalid(
@@ -346,6 +398,29 @@ fn pin_field(
             Ok(())
         }
     }
+}
+
+/// Renders a merge patch: as [`render_tree`], except that an explicit `null` of the rules stays
+/// in the patch, where it removes the field.
+fn render_patch(t: &Templates, tree: &TmplTree, ctx: &JValue) -> Result<Value, RenderError> {
+    let TmplTree::Map(entries) = tree else {
+        return render_tree(t, tree, ctx);
+    };
+    let mut m = Map::new();
+    for (k, sub) in entries {
+        match sub {
+            TmplTree::Remove => {
+                m.insert(k.clone(), Value::Null);
+            }
+            other => {
+                let v = render_patch(t, other, ctx)?;
+                if !v.is_null() {
+                    m.insert(k.clone(), v);
+                }
+            }
+        }
+    }
+    Ok(Value::Object(m))
 }
 
 /// Renders templates arranged as JSON; leaves that evaluate to null are left out.

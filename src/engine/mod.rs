@@ -176,6 +176,13 @@ pub enum Effect {
         /// Its uid, as a precondition.
         uid: Option<String>,
     },
+    /// Patch the execution object with this JSON merge patch (NotFound is success).
+    PatchExecution {
+        /// Which object.
+        key: ObjectKey,
+        /// The merge patch.
+        patch: Value,
+    },
     /// Patch the resource's status subresource with this JSON merge patch of `status`.
     PatchStatus {
         /// The merge patch (the value of `status`).

@@ -576,9 +576,11 @@ fn is_owned(rules: &Rules, resource: &Value, execution: &Value) -> bool {
             .and_then(Value::as_str)
     };
     let owner = &rules.execution.owner_labels;
+    // a cluster-scoped resource has no namespace: its label is empty, and either side missing
+    // reads as empty
     label(&owner.name).is_some()
         && label(&owner.name) == meta("name")
-        && label(&owner.namespace) == meta("namespace")
+        && label(&owner.namespace).unwrap_or_default() == meta("namespace").unwrap_or_default()
 }
 
 #[cfg(test)]

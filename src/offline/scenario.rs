@@ -506,6 +506,7 @@ fn effect_name(e: &Effect) -> &'static str {
         Effect::AddFinalizer { .. } => "addFinalizer",
         Effect::CreateExecution { .. } => "createExecution",
         Effect::DeleteExecution { .. } => "deleteExecution",
+        Effect::PatchExecution { .. } => "patchExecution",
         Effect::PatchStatus { .. } => "patchStatus",
         Effect::Event(_) => "event",
         Effect::Audit { .. } => "audit",

@@ -52,6 +52,9 @@ pub struct World<'r> {
     pub decisions: Vec<(f64, Decision)>,
     next_uid: u64,
     resource_version: u64,
+    /// The execution object's identity while the resource was last there, so that it can
+    /// still be found once the resource is gone (an object the deletion kept).
+    last_execution_key: Option<ObjectKey>,
 }
 
 impl<'r> World<'r> {
@@ -69,6 +72,7 @@ impl<'r> World<'r> {
             decisions: Vec::new(),
             next_uid: 1,
             resource_version: 1,
+            last_execution_key: None,
         };
         let resource = w.stamp(resource);
         w.resource = Some(resource);
@@ -152,7 +156,10 @@ impl<'r> World<'r> {
 
     /// The identity of the resource's execution object.
     pub fn execution_key(&self) -> Option<ObjectKey> {
-        engine::execution_key(self.rules, self.resource.as_ref()?, self.now).ok()
+        match &self.resource {
+            Some(r) => engine::execution_key(self.rules, r, self.now).ok(),
+            None => self.last_execution_key.clone(),
+        }
     }
 
     /// The resource's status (null when it has none or is gone).
@@ -188,6 +195,7 @@ impl<'r> World<'r> {
         };
         self.note("delete", "resource deletion requested".into(), Value::Null);
         if gone {
+            self.last_execution_key = self.execution_key();
             self.resource = None;
             self.note("gone", "resource removed".into(), Value::Null);
         }
@@ -357,6 +365,7 @@ impl<'r> World<'r> {
                 }
                 self.note("finalizer", format!("removed {finalizer}"), data);
                 if gone {
+                    self.last_execution_key = self.execution_key();
                     self.resource = None;
                     self.note("gone", "resource removed".into(), Value::Null);
                     return Outcome::Gone;
@@ -399,6 +408,26 @@ impl<'r> World<'r> {
                 );
                 let obj = self.stamp(object.clone());
                 self.objects.insert(key, obj);
+            }
+            Effect::PatchExecution { key, patch } => {
+                if let Some(err) = self.fail_next.remove("patch") {
+                    self.note(
+                        "patch",
+                        format!("failed: {} {}", err.code, err.message),
+                        data,
+                    );
+                    return Outcome::Refused(err);
+                }
+                let what = format!("{} {}/{}", key.kind, key.namespace, key.name);
+                match self.objects.get(key).cloned() {
+                    Some(mut obj) => {
+                        crate::engine::status::apply_merge_patch(&mut obj, patch);
+                        let obj = self.stamp(obj);
+                        self.objects.insert(key.clone(), obj);
+                        self.note("patch", format!("{what} {patch}"), data);
+                    }
+                    None => self.note("patch", format!("{what} was already gone"), data),
+                }
             }
             Effect::DeleteExecution { key, uid } => {
                 if let Some(err) = self.fail_next.remove("delete") {

@@ -50,8 +50,8 @@ pub struct ExecutionRules {
     pub api_version: String,
     /// Kind.
     pub kind: String,
-    /// Namespace template.
-    pub namespace: Tmpl,
+    /// Namespace template; none for a cluster-scoped object.
+    pub namespace: Option<Tmpl>,
     /// Name template.
     pub name: Tmpl,
     /// Template id of the object body.
@@ -262,6 +262,8 @@ pub struct ActionRules {
     pub vars: Vec<(String, Tmpl)>,
     /// Execution object action.
     pub execution: Option<ExecutionAction>,
+    /// Merge patches, by object name (`execution`).
+    pub patch: Vec<(String, TmplTree)>,
     /// Status to set (several trees, applied in order).
     pub status: Vec<TmplTree>,
     /// Conditions.

@@ -97,6 +97,9 @@ impl Compiler<'_> {
             for s in &a.audit {
                 of_tree(s, &of_tmpl, &mut d);
             }
+            for (_, s) in &a.patch {
+                of_tree(s, &of_tmpl, &mut d);
+            }
             if let Some(r) = &rules.audit.record {
                 of_tree(r, &of_tmpl, &mut d);
             }
@@ -144,7 +147,9 @@ impl Compiler<'_> {
         // related lists read their `from` path
         let mut ex = Deps::default();
         of_tmpl(&rules.execution.name, &mut ex);
-        of_tmpl(&rules.execution.namespace, &mut ex);
+        if let Some(ns) = &rules.execution.namespace {
+            of_tmpl(ns, &mut ex);
+        }
         of_template(rules.execution.template, &mut ex);
         rules.execution.deps = ex;
         for v in &mut rules.validation {

@@ -666,10 +666,33 @@ fn the_default_lifecycle_loads() {
 
 #[test]
 fn the_job_lifecycle_scenarios_pass() {
-    let rules = root().join("examples/job-lifecycle.yaml");
-    let files = crate::offline::scenario::collect(&[root().join("tests/lifecycle-job")])
-        .expect("tests/lifecycle-job has scenarios");
-    assert!(files.len() >= 10, "{files:?}");
+    example_scenarios_pass("examples/job-lifecycle.yaml", "tests/lifecycle-job", 10);
+}
+
+#[test]
+fn the_cluster_scoped_tenant_scenarios_pass() {
+    example_scenarios_pass(
+        "examples/tenant-lifecycle.yaml",
+        "tests/lifecycle-tenant",
+        6,
+    );
+}
+
+#[test]
+fn the_cancel_on_delete_scenarios_pass() {
+    example_scenarios_pass(
+        "examples/pipelinerun-cancel-lifecycle.yaml",
+        "tests/lifecycle-cancel",
+        3,
+    );
+}
+
+/// Every scenario of `dir` passes against the example rules `rules` (at least `min` of them).
+fn example_scenarios_pass(rules: &str, dir: &str, min: usize) {
+    let rules = root().join(rules);
+    let files = crate::offline::scenario::collect(&[root().join(dir)])
+        .unwrap_or_else(|e| panic!("{dir} has scenarios: {e}"));
+    assert!(files.len() >= min, "{files:?}");
     let failures: Vec<String> = files
         .iter()
         .map(|f| crate::offline::scenario::run_file(f, &rules))

@@ -197,8 +197,10 @@ pub struct ExecutionSpec {
     pub api_version: String,
     /// Kind of the execution object.
     pub kind: String,
-    /// Namespace template (may differ from the resource's namespace).
-    pub namespace: String,
+    /// Namespace template (may differ from the resource's namespace). Absent: the object is
+    /// cluster-scoped and created without a namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// Name template. Must be deterministic: the same resource always yields the same name.
     pub name: String,
     /// Template file (in the templates folder) rendering the whole object as YAML.
@@ -541,6 +543,11 @@ macro_rules! action_struct {
             /// Create or delete the execution object.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub execution: Option<ExecutionAction>,
+            /// JSON merge patches of created objects, by object (`execution`): nested maps whose
+            /// leaves are templates or literals. Sent when the object exists, is ours, and the
+            /// patch would change it.
+            #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+            pub patch: IndexMap<String, Value>,
             /// Status fields to set: a nested map whose leaves are templates or literals; a
             /// leaf that is a single `{{ expression }}` keeps the expression's type, `null`
             /// removes the field.

@@ -63,13 +63,14 @@ impl WatchedKind {
 }
 
 impl Rules {
-    /// The execution namespace when the rules compute it from the settings alone.
+    /// The execution namespace when the rules compute it from the settings alone (none for a
+    /// cluster-scoped execution object).
     pub fn fixed_execution_namespace(&self) -> Option<String> {
         let ctx = minijinja::context! {
             settings => minijinja::Value::from_serialize(&self.settings),
         };
         self.templates
-            .text(&self.execution.namespace, &ctx)
+            .text(self.execution.namespace.as_ref()?, &ctx)
             .ok()
             .filter(|s| !s.is_empty())
     }

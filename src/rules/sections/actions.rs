@@ -77,6 +77,9 @@ impl Compiler<'_> {
             if out.execution.is_some() {
                 bad.push("execution");
             }
+            if !out.patch.is_empty() {
+                bad.push("patch");
+            }
             if !out.events.is_empty() {
                 bad.push("events");
             }
@@ -107,6 +110,37 @@ impl Compiler<'_> {
                 self.problem(&at.key("execution"), "conflicting `execution` actions");
             }
             out.execution = Some(x);
+        }
+        for (name, p) in part.patch {
+            let pat = at.key("patch").key(name);
+            if name != "execution" {
+                self.key_problem(
+                    &pat,
+                    format!("unknown object `{name}` to patch (the rules create: execution)"),
+                );
+            } else if !p.is_object() {
+                self.problem(
+                    &pat,
+                    "a patch must be a mapping (a JSON merge patch of the object)",
+                );
+            } else {
+                for field in [
+                    "name",
+                    "namespace",
+                    "generateName",
+                    "ownerReferences",
+                    "uid",
+                ] {
+                    if p.pointer(&format!("/metadata/{field}")).is_some() {
+                        self.problem(
+                            &pat.key("metadata").key(field),
+                            format!("a patch cannot change metadata.{field}: it is the object's identity or ownership"),
+                        );
+                    }
+                }
+                let t = self.tree(&pat, p, Scope::Action, Some(vars));
+                out.patch.push((name.clone(), t));
+            }
         }
         if let Some(s) = part.status {
             if !s.is_object() {
@@ -231,6 +265,7 @@ pub(crate) struct ActionParts<'a> {
     vars: &'a IndexMap<String, Value>,
     uses: &'a [String],
     execution: Option<ExecutionAction>,
+    patch: &'a IndexMap<String, Value>,
     status: Option<&'a Value>,
     conditions: &'a [ConditionSpec],
     events: &'a [EventSpec],
@@ -245,6 +280,7 @@ impl<'a> ActionParts<'a> {
             vars: &a.vars,
             uses: &a.uses,
             execution: a.execution,
+            patch: &a.patch,
             status: a.status.as_ref(),
             conditions: &a.conditions,
             events: &a.events,
@@ -258,6 +294,7 @@ impl<'a> ActionParts<'a> {
             vars: &t.vars,
             uses: &t.uses,
             execution: t.execution,
+            patch: &t.patch,
             status: t.status.as_ref(),
             conditions: &t.conditions,
             events: &t.events,

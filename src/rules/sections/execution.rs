@@ -12,7 +12,10 @@ impl Compiler<'_> {
         let xat = DocPath::root().key("execution");
         self.check_api_version(&xat.key("apiVersion"), &ex.api_version);
         self.check_kind(&xat.key("kind"), &ex.kind);
-        let namespace = self.tmpl(&xat.key("namespace"), &ex.namespace, Scope::Identity, None);
+        let namespace = ex
+            .namespace
+            .as_ref()
+            .map(|ns| self.tmpl(&xat.key("namespace"), ns, Scope::Identity, None));
         let name = self.tmpl(&xat.key("name"), &ex.name, Scope::Identity, None);
         let template = self.templates.file_id(&ex.template).unwrap_or(usize::MAX);
         if template != usize::MAX {

@@ -247,7 +247,11 @@ impl Caches {
                     if kc.synced.load(Ordering::SeqCst)
                         && lock(&kc.scope).covers(&key.namespace) =>
                 {
-                    let r = ObjectRef::new_with(&key.name, kc.ar.clone()).within(&key.namespace);
+                    let mut r = ObjectRef::new_with(&key.name, kc.ar.clone());
+                    // a cluster-scoped object has no namespace
+                    if !key.namespace.is_empty() {
+                        r = r.within(&key.namespace);
+                    }
                     match kc.store.get(&r) {
                         Some(o) => Cached::Found(o),
                         None => Cached::Absent,

@@ -234,6 +234,10 @@ pub async fn run(
             labels.get(&mapper_owner.name),
             labels.get(&mapper_owner.namespace),
         ) {
+            // a cluster-scoped resource's namespace label is empty
+            (Some(name), Some(ns)) if ns.is_empty() => {
+                Some(ObjectRef::new_with(name, resource_dyntype.clone()))
+            }
             (Some(name), Some(ns)) => {
                 Some(ObjectRef::new_with(name, resource_dyntype.clone()).within(ns))
             }
@@ -428,6 +432,16 @@ async fn follow_caches(ctx: &Ctx, rules: &Rules) {
         resolved.insert(key, ar);
     }
     ctx.caches.follow(wanted, &resolved);
+}
+
+/// The API of `ar` in `namespace`; across the cluster when the namespace is empty (a
+/// cluster-scoped object).
+pub(crate) fn api_in(client: &Client, namespace: &str, ar: &ApiResource) -> Api<DynamicObject> {
+    if namespace.is_empty() {
+        Api::all_with(client.clone(), ar)
+    } else {
+        Api::namespaced_with(client.clone(), namespace, ar)
+    }
 }
 
 /// Shard of a lock key (FNV-1a, stable across processes and versions).

@@ -116,7 +116,7 @@ async fn reconcile_with(obj: &DynamicObject, ctx: &Ctx, rules: &Rules) -> Result
     let mut world = Cluster {
         ctx,
         rules,
-        api: Api::namespaced_with(ctx.client.clone(), &namespace, &ctx.resource_ar),
+        api: super::api_in(&ctx.client, &namespace, &ctx.resource_ar),
         label: format!("{namespace}/{name}"),
         name,
         resource: Some(resource),
@@ -276,7 +276,7 @@ async fn api_for(ctx: &Ctx, k: &ObjectKey) -> Result<Api<DynamicObject>, Error> 
             ar
         }
     };
-    Ok(Api::namespaced_with(ctx.client.clone(), &k.namespace, &ar))
+    Ok(super::api_in(&ctx.client, &k.namespace, &ar))
 }
 
 /// Reads an object the rules observe: from the watch caches, from the API server only when
@@ -418,6 +418,16 @@ async fn carry_out(w: &mut Cluster<'_>, effect: &Effect) -> Result<Outcome<Error
                     }
                     return Ok(Outcome::Refused(api_error("create", &e)));
                 }
+            }
+        }
+        Effect::PatchExecution { key, patch } => {
+            let exec_api = api_for(ctx, key).await?;
+            ctx.metrics.api("patch", &key.kind);
+            match exec_api.patch(&key.name, &pp, &Patch::Merge(patch)).await {
+                Ok(_) => {
+                    tracing::info!(execution = %format!("{}/{}", key.namespace, key.name), "patched {}", key.kind)
+                }
+                Err(e) => return Ok(Outcome::Refused(api_error("patch", &e))),
             }
         }
         Effect::DeleteExecution { key, uid } => {

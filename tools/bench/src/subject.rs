@@ -86,7 +86,12 @@ fn execution_namespace(rules: &Rules) -> Result<String> {
             "settings": rules.settings,
             "resource": resource,
         }));
-        Ok(rules.templates.text(&rules.execution.namespace, &ctx)?)
+        let Some(namespace) = &rules.execution.namespace else {
+            anyhow::bail!(
+                "the execution object is cluster-scoped: the harness needs one namespace to watch"
+            );
+        };
+        Ok(rules.templates.text(namespace, &ctx)?)
     };
     let one = render("bench-a", "a")?;
     let other = render("bench-b", "b")?;
