@@ -112,6 +112,33 @@ impl Rules {
                 None => out.push(wanted),
             }
         }
+        // lookups find objects anywhere, by any labels, and read them whole; the governed kind
+        // is served from the controller's own cache of it
+        for l in &self.lookups {
+            if (l.api_version.as_str(), l.kind.as_str())
+                == (
+                    self.resource.api_version.as_str(),
+                    self.resource.kind.as_str(),
+                )
+            {
+                continue;
+            }
+            let wanted = WatchedKind {
+                api_version: l.api_version.clone(),
+                kind: l.kind.clone(),
+                role: format!("lookup `{}`", l.name),
+                namespace: None,
+                labels: None,
+                fields: None,
+            };
+            match out
+                .iter_mut()
+                .find(|w| w.api_version == wanted.api_version && w.kind == wanted.kind)
+            {
+                Some(w) => w.widen(&wanted),
+                None => out.push(wanted),
+            }
+        }
         out
     }
 }

@@ -8,6 +8,7 @@ mod deploy;
 mod explain;
 mod faults;
 mod helm;
+mod lookups;
 mod metrics_auth;
 mod partition;
 mod proxy;

@@ -172,15 +172,6 @@ pub async fn run(
         let ar = resolve(&control, &w.api_version, &w.kind, &w.role).await?;
         kinds.insert((w.api_version.clone(), w.kind.clone()), ar);
     }
-    for l in &current.lookups {
-        resolve(
-            &control,
-            &l.api_version,
-            &l.kind,
-            &format!("lookup `{}`", l.name),
-        )
-        .await?;
-    }
 
     // a standby told to stop stops at once (it holds nothing)
     let shutdown = futures::FutureExt::shared(shutdown);
@@ -256,9 +247,7 @@ pub async fn run(
     let resource_writer = reflector::store::Writer::new(resource_ar.clone());
     let resource_store = resource_writer.as_reader();
     let lookups = lookups::LookupCaches::new(
-        client.clone(),
-        metrics.clone(),
-        watch_timeout,
+        caches.clone(),
         (
             (
                 current.resource.api_version.clone(),
@@ -267,9 +256,6 @@ pub async fn run(
             resource_store.clone(),
         ),
     );
-    for l in &current.lookups {
-        lookups.start(&l.api_version, &l.kind).await?;
-    }
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         rules: rules.clone(),
