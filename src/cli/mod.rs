@@ -8,6 +8,7 @@
 //! [`crate::offline::EXIT_OUTPUT_CLOSED`], as a program ended by SIGPIPE would.
 
 mod crd_files;
+mod diff;
 mod explain;
 
 use crate::engine::Effect;
@@ -153,6 +154,39 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// What changed between two rules files, and its impact: scenarios whose result differs,
+    /// live resources whose next decision differs. Exit 0 no change, 1 changes.
+    Diff {
+        /// The rules running now.
+        old: PathBuf,
+        /// The proposed rules.
+        new: PathBuf,
+        /// Scenario files or folders to run against both.
+        #[arg(long = "scenarios")]
+        scenarios: Vec<PathBuf>,
+        /// Decide every live resource under both (with the default kubeconfig; implied by
+        /// --kubeconfig and --context).
+        #[arg(long)]
+        live: bool,
+        /// Kubeconfig file.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Kubeconfig context.
+        #[arg(long)]
+        context: Option<String>,
+        /// Only the live resources of this namespace (default: all namespaces).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Decide at this time (RFC 3339; default: now).
+        #[arg(long)]
+        now: Option<String>,
+        /// Override a setting of both (NAME=VALUE), as the deployment does.
+        #[arg(long = "set", value_parser = crate::rules::parse_setting)]
+        set: Vec<(String, String)>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -216,6 +250,31 @@ pub fn main() -> ExitCode {
             rules,
             verbose,
         } => crate::offline::scenario::main(&paths, &rules, verbose),
+        Command::Diff {
+            old,
+            new,
+            scenarios,
+            live,
+            kubeconfig,
+            context,
+            namespace,
+            now,
+            set,
+            format,
+        } => diff::main(
+            &old,
+            &new,
+            &set,
+            diff::Impact {
+                scenarios,
+                live,
+                kubeconfig,
+                context,
+                namespace,
+                now,
+            },
+            format,
+        ),
         Command::Explain {
             name,
             namespace,

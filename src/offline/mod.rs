@@ -1,7 +1,9 @@
 //! The offline world: a simulated cluster over a virtual clock ([`simulate`]) and rule-file
 //! scenarios ([`scenario`]), for `render`, `simulate` and `test`; observations from files
-//! ([`observe`]) for `explain`. Nothing here talks to a cluster.
+//! ([`observe`]) for `explain`; what changed between two rule sets and its impact ([`diff`]).
+//! Nothing here talks to a cluster.
 
+pub mod diff;
 #[cfg(test)]
 mod example_tests;
 pub mod observe;

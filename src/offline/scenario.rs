@@ -222,8 +222,24 @@ pub fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
+/// What a scenario did, for comparing runs of it under two rule sets: every effect carried out
+/// (with its virtual time) and the resource's final status (null when it is gone).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Trace {
+    /// `{at, effect}` entries, in order.
+    pub effects: Vec<Value>,
+    /// The final status.
+    pub status: Value,
+}
+
 /// Runs one scenario file.
 pub fn run_file(file: &Path, default_rules: &Path) -> Outcome {
+    run_file_traced(file, default_rules).0
+}
+
+/// Runs one scenario file, and says what it did.
+pub fn run_file_traced(file: &Path, default_rules: &Path) -> (Outcome, Trace) {
+    let mut trace = Trace::default();
     let mut out = Outcome {
         name: file.display().to_string(),
         file: file.to_path_buf(),
@@ -239,17 +255,17 @@ pub fn run_file(file: &Path, default_rules: &Path) -> Outcome {
         Ok(s) => s,
         Err(e) => {
             out.failures.push(format!("cannot read scenario: {e}"));
-            return out;
+            return (out, trace);
         }
     };
     out.name = scenario.name.clone();
-    if let Err(e) = run(&scenario, file, default_rules) {
+    if let Err(e) = run(&scenario, file, default_rules, &mut trace) {
         out.failures.push(e);
     }
-    out
+    (out, trace)
 }
 
-fn run(s: &Scenario, file: &Path, default_rules: &Path) -> Result<(), String> {
+fn run(s: &Scenario, file: &Path, default_rules: &Path, trace: &mut Trace) -> Result<(), String> {
     let dir = file.parent().unwrap_or(Path::new("."));
     let rules_path = s
         .rules
@@ -282,14 +298,24 @@ fn run(s: &Scenario, file: &Path, default_rules: &Path) -> Result<(), String> {
     for o in &s.objects {
         world.put(o.clone())?;
     }
+    let mut result = Ok(());
     for (i, step) in s.steps.iter().enumerate() {
         let label = match &step.name {
             Some(n) => format!("step {} ({n})", i + 1),
             None => format!("step {}", i + 1),
         };
-        run_step(&rules, &mut world, step).map_err(|e| format!("{label}: {e}"))?;
+        result = run_step(&rules, &mut world, step).map_err(|e| format!("{label}: {e}"));
+        if result.is_err() {
+            break;
+        }
     }
-    Ok(())
+    trace.effects = world
+        .effects
+        .iter()
+        .map(|(at, e)| json!({"at": at - start, "effect": e}))
+        .collect();
+    trace.status = world.status();
+    result
 }
 
 fn run_step(rules: &Rules, world: &mut World<'_>, step: &Step) -> Result<(), String> {

@@ -134,3 +134,108 @@ async fn explain_shows_a_live_resource_its_guards_and_the_decision_a_change_woul
             .contains(&format!("WorkflowExecution {}/nope not found", s.ns))
     );
 }
+
+/// The default rules in `dir` with `edit` applied, and their templates beside them.
+fn edited_rules(dir: &std::path::Path, edit: impl Fn(String) -> String) -> std::path::PathBuf {
+    let root = repo_root();
+    std::fs::create_dir_all(dir.join("templates")).expect("a templates folder");
+    for f in std::fs::read_dir(root.join("templates")).expect("templates") {
+        let f = f.expect("a template");
+        std::fs::copy(f.path(), dir.join("templates").join(f.file_name())).expect("copied");
+    }
+    let text = std::fs::read_to_string(root.join("lifecycle.yaml")).expect("lifecycle.yaml");
+    let file = dir.join("lifecycle.yaml");
+    std::fs::write(&file, edit(text)).expect("written");
+    file
+}
+
+#[tokio::test]
+async fn diff_lists_the_live_resources_whose_next_decision_differs_with_both_decisions() {
+    let s = Scope::new("diff").await;
+    let ctl = s.start("ctl", "1h").await;
+    let running = unique_name("diff-running");
+    s.create(&running, wfe_body("payments/deployment/api"))
+        .await;
+    s.wait_phase(&running, "Running").await;
+    // an invalid target fails validation: Failed, no run
+    let failed = unique_name("diff-failed");
+    s.create(&failed, wfe_body("not-a-target")).await;
+    s.wait_phase(&failed, "Failed").await;
+    drop(ctl);
+
+    // the proposed rules poll Running resources every 30 s instead of the setting
+    let dir = s.dir.path().join("proposed");
+    let proposed = edited_rules(&dir, |t| {
+        assert!(t.contains("poll: \"{{ settings.pollInterval }}\""));
+        t.replacen("poll: \"{{ settings.pollInterval }}\"", "poll: 30s", 1)
+    });
+    let proposed = proposed.display().to_string();
+    let out = lifecycle(
+        &s,
+        &[
+            "diff",
+            "lifecycle.yaml",
+            &proposed,
+            "-n",
+            &s.ns,
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "diff exits 1 when the rules differ: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let changes: Vec<&str> = d["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(changes, vec!["phases.Running"], "{d:#}");
+    assert_eq!(d["live"]["resources"], 2, "{d:#}");
+    let differ = d["live"]["differ"].as_array().unwrap();
+    assert_eq!(
+        differ.len(),
+        1,
+        "only the Running resource's decision differs: {d:#}"
+    );
+    assert_eq!(differ[0]["resource"], format!("{}/{running}", s.ns));
+    assert_eq!(differ[0]["phase"], "Running");
+    assert_eq!(differ[0]["old"]["requeueAfter"], 1.0);
+    assert_eq!(differ[0]["new"]["requeueAfter"], 30.0);
+
+    let out = lifecycle(&s, &["diff", "lifecycle.yaml", &proposed, "-n", &s.ns]);
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        t.contains("Live resources: 2, 1 whose next decision differs:"),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!("  {}/{running} (phase Running)", s.ns)),
+        "{t}"
+    );
+    assert!(
+        t.contains("    old: stays in Running; no effects; next look in 1s"),
+        "{t}"
+    );
+    assert!(
+        t.contains("    new: stays in Running; no effects; next look in 30s"),
+        "{t}"
+    );
+
+    // the same rules: no change, and no live resource differs
+    let out = lifecycle(
+        &s,
+        &["diff", "lifecycle.yaml", "lifecycle.yaml", "-n", &s.ns],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        t.contains("No changes.") && t.contains("Live resources: 2, 0 whose next decision differs"),
+        "{t}"
+    );
+}
