@@ -81,6 +81,10 @@ pub struct TransitionView {
     pub to: String,
     /// Whether it creates the execution object first (`execution: create`).
     pub creates: bool,
+    /// When its timer (`after`) lets it be considered.
+    pub timer: Option<String>,
+    /// Whether it has a retry policy.
+    pub retry: bool,
     /// Its guard, test by test (none: always holds).
     pub guard: Option<Test>,
     /// Whether the guard holds (none when it could not be evaluated).
@@ -313,11 +317,24 @@ fn transition_views(
     decision: &Decision,
 ) -> Vec<TransitionView> {
     let rules = s.rules;
-    let mut out = Vec::new();
-    // nothing is chosen when the decision fails, waits for related objects, or deletes
+    let fields = &rules.resource.status;
+    let status = s.obs.resource.get("status");
+    let retry_pending = fields
+        .retry
+        .as_ref()
+        .and_then(|f| status.and_then(|st| st.get(f)))
+        .is_some_and(Value::is_object);
+    // nothing is chosen when the decision fails, waits for related objects, deletes, or waits
+    // for a retry's previous attempt and backoff
     let mut chosen_found = decision.error.is_some()
         || !decision.needs.is_empty()
-        || decision.transition.as_deref() == Some("delete");
+        || decision.transition.as_deref() == Some("delete")
+        || retry_pending;
+    let creates_now = decision
+        .effects
+        .iter()
+        .any(|e| matches!(e, super::Effect::CreateExecution { .. }));
+    let mut out = Vec::new();
     for t in &phase.transitions {
         let creates = t.action.execution == Some(ExecutionAction::Create);
         let (guard, holds) = match &t.when {
@@ -334,57 +351,67 @@ fn transition_views(
                 }
             },
         };
+        // a timer: the transition is considered only once it is due
+        let due = super::attempts::timer_deadline(s, t);
+        let timer = due.as_ref().map(|d| match d {
+            Ok(at) => crate::time::format_secs(*at),
+            Err(e) => format!("cannot be evaluated: {e}"),
+        });
+        let waiting = match &due {
+            Some(Ok(at)) => s.now < *at,
+            Some(Err(_)) => true,
+            None => false,
+        };
         let to = rules
             .phases
             .get(t.to)
             .map(|p| p.name.clone())
             .unwrap_or_default();
         let mut chosen = false;
-        let timer = super::attempts::timer_deadline(s, t);
-        let note = match (holds, timer) {
-            (_, Some(Err(e))) => format!("its timer could not be evaluated: {e}"),
-            (_, Some(Ok(due))) if s.now < due => format!(
-                "its timer runs out at {} (in {}): not considered before",
-                crate::time::format_secs(due),
-                crate::time::go_duration(due - s.now)
-            ),
-            (holds, _) => match holds {
-                None => "its guard could not be evaluated".to_string(),
-                Some(false) => "its guard does not hold".to_string(),
-                Some(true) if chosen_found => "holds, but an earlier transition comes first".into(),
-                Some(true) if creates && !s.owned && s.obs.execution.is_some() => {
-                    "holds, but the execution object exists and is not this resource's: skipped"
-                        .into()
-                }
-                Some(true) if creates && !s.owned && s.obs.error.is_some() => {
-                    "holds, but the create failed (`error` is set): skipped".into()
-                }
-                Some(true) if creates && !s.owned => {
-                    chosen_found = true;
-                    chosen = true;
-                    format!(
+        let note = match holds {
+            _ if retry_pending => "a retry is pending: the decision waits for it".to_string(),
+            _ if waiting => match &due {
+                Some(Ok(at)) => format!(
+                    "its timer runs out at {} (in {}): not considered before",
+                    crate::time::format_secs(*at),
+                    crate::time::go_duration(*at - s.now)
+                ),
+                _ => format!("its timer {}", timer.clone().unwrap_or_default()),
+            },
+            None => "its guard could not be evaluated".to_string(),
+            Some(false) => "its guard does not hold".to_string(),
+            Some(true) if chosen_found => "holds, but an earlier transition comes first".into(),
+            Some(true) if creates && !s.owned && s.obs.execution.is_some() => {
+                "holds, but the execution object exists and is not this resource's: skipped".into()
+            }
+            Some(true) if creates && !s.owned && s.obs.error.is_some() => {
+                "holds, but the create failed (`error` is set): skipped".into()
+            }
+            Some(true) => {
+                chosen_found = true;
+                chosen = true;
+                match decision.transition.as_deref() {
+                    Some(name) if name == t.name => format!("holds: taken now, to {to}"),
+                    Some("retry") if t.retry.is_some() => {
+                        "holds: its retry policy makes another attempt instead".into()
+                    }
+                    _ if creates && creates_now => format!(
                         "holds: the {} is created now; the transition is taken once it exists",
                         rules.execution.kind
-                    )
+                    ),
+                    _ if creates => {
+                        "holds: waits until the previous attempt's object is gone".into()
+                    }
+                    _ => "holds".into(),
                 }
-                Some(true) if t.retry.is_some() => {
-                    chosen_found = true;
-                    chosen = true;
-                    format!(
-                        "holds: taken now, to {to}, unless its retry policy makes another attempt (see the decision)"
-                    )
-                }
-                Some(true) => {
-                    chosen_found = true;
-                    chosen = true;
-                    format!("holds: taken now, to {to}")
-                }
-            },
+            }
         };
         out.push(TransitionView {
             name: t.name.clone(),
             to,
             creates,
+            timer,
+            retry: t.retry.is_some(),
             guard,
             holds,
             chosen,
