@@ -287,3 +287,104 @@ impl Decider<'_> {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::{Effect, Observation, decide};
+    use crate::rules::{Rules, Sources};
+    use serde_json::{Value, json};
+
+    fn rules() -> Rules {
+        let sources = Sources::from_text(
+            "pipeline-retry.yaml",
+            include_str!("../../examples/pipeline-retry.yaml")
+                .replace("templates: pipeline-retry-templates\n", ""),
+        )
+        .with_template(
+            "pipelinerun.yaml",
+            include_str!("../../examples/pipeline-retry-templates/pipelinerun.yaml"),
+        );
+        Rules::compile(&sources, &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn task(attempt: u64) -> Value {
+        json!({
+            "apiVersion": "example.com/v1", "kind": "PipelineTask",
+            "metadata": {"name": "t", "namespace": "ci", "uid": "u-1",
+                         "finalizers": ["pipelinetask.example.com/cleanup"]},
+            "spec": {"pipeline": "build"},
+            "status": {"phase": "Pending", "attempt": attempt,
+                       "phaseEnteredAt": "2026-01-01T00:00:00Z"},
+        })
+    }
+
+    fn run(attempt: u64, terminating: bool) -> Value {
+        let mut run = json!({
+            "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
+            "metadata": {"name": format!("t-{attempt}"), "namespace": "ci", "uid": "r-1",
+                         "labels": {"pipelinetask.example.com/name": "t",
+                                    "pipelinetask.example.com/namespace": "ci"}},
+        });
+        if terminating {
+            run["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        }
+        run
+    }
+
+    fn observe(attempt: u64, terminating: bool) -> Observation {
+        Observation {
+            resource: task(attempt),
+            execution: Some(run(attempt, terminating)),
+            ..Observation::default()
+        }
+    }
+
+    fn audit_id(d: &crate::engine::Decision) -> String {
+        d.effects
+            .iter()
+            .find_map(|e| match e {
+                Effect::Audit { record } => record["event_id"].as_str().map(str::to_string),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no audit record: {:?}", d.effects))
+    }
+
+    #[test]
+    fn each_attempt_has_audit_ids_of_its_own() {
+        let rules = rules();
+        let first = decide(&rules, &observe(1, false), 100.0);
+        let again = decide(&rules, &observe(1, false), 200.0);
+        let second = decide(&rules, &observe(2, false), 100.0);
+        assert_eq!(first.transition.as_deref(), Some("started"));
+        assert_eq!(second.transition.as_deref(), Some("started"));
+        assert_eq!(audit_id(&first), audit_id(&again), "ids are stable");
+        assert_ne!(audit_id(&first), audit_id(&second), "attempts share an id");
+    }
+
+    #[test]
+    fn an_owned_object_being_deleted_is_not_adopted_as_the_attempt() {
+        let rules = rules();
+        let adopted = decide(&rules, &observe(2, false), 100.0);
+        assert_eq!(adopted.transition.as_deref(), Some("started"));
+        let waiting = decide(&rules, &observe(2, true), 100.0);
+        assert_eq!(waiting.transition, None, "{:?}", waiting.effects);
+        assert_eq!(waiting.phase, "Pending");
+        assert!(
+            !waiting
+                .effects
+                .iter()
+                .any(|e| matches!(e, Effect::CreateExecution { .. })),
+            "{:?}",
+            waiting.effects
+        );
+    }
+
+    #[test]
+    fn the_execution_name_follows_the_attempt() {
+        let rules = rules();
+        for n in [1, 2, 7] {
+            let key = crate::engine::execution_key(&rules, &task(n), 0.0).expect("a name");
+            assert_eq!(key.name, format!("t-{n}"));
+        }
+    }
+}

@@ -479,6 +479,7 @@ impl Decider<'_> {
         if let Some(field) = &rules.resource.status.execution
             && self.s.owned
             && !draft.fresh_attempt
+            && !self.must_not_adopt()
             && draft.desired.get(field).is_none()
             && status::merge_patch(&draft.current, &draft.desired).is_some()
         {

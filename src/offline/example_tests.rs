@@ -33,7 +33,7 @@ fn scenarios_pass(folder: &str, rules: &str, at_least: usize) {
 
 #[test]
 fn the_retry_example_scenarios_pass() {
-    scenarios_pass("tests/lifecycle-retry", "examples/pipeline-retry.yaml", 6);
+    scenarios_pass("tests/lifecycle-retry", "examples/pipeline-retry.yaml", 8);
 }
 
 #[test]

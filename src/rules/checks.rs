@@ -231,6 +231,12 @@ impl Compiler<'_> {
                 if t.to < n {
                     todo.push(t.to);
                 }
+                // a retry leads to the phase its next attempt starts in
+                if let Some(r) = &t.retry
+                    && r.to < n
+                {
+                    todo.push(r.to);
+                }
             }
         }
         for (i, p) in rules.phases.iter().enumerate() {
