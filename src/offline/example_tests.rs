@@ -142,3 +142,74 @@ fn simulate_plays_the_lookups_of_the_objects_it_is_given() {
         assert_eq!(status["phase"], phase, "{status}");
     }
 }
+
+#[test]
+fn the_router_example_scenarios_pass() {
+    scenarios_pass("tests/lifecycle/router", "examples/router-lifecycle.yaml", 24);
+}
+
+/// One WorkflowExecution of the router profile, simulated with the earlier ones of its target
+/// as objects; its status at the end.
+fn route(rules: &Rules, n: usize, start: f64, earlier: &[Value], outcome: &str) -> Value {
+    let mut resource =
+        super::read_object(&root().join("examples/workflowexecution.yaml")).expect("example");
+    resource["metadata"]["name"] = format!("restart-nginx-{n}").into();
+    resource["metadata"]["uid"] = format!("router-chain-{n}").into();
+    // a different workflow each time: the same one would wait for the cooldown
+    resource["spec"]["workflowRef"]["workflowId"] = format!("workflow-{n}").into();
+    let mut parts = outcome.splitn(3, ':');
+    let script = Script {
+        outcome: parts.next().unwrap_or_default().into(),
+        reason: parts.next().unwrap_or_default().into(),
+        message: parts.next().unwrap_or_default().into(),
+        then: Vec::new(),
+        after: 45.0,
+        limit: 3600.0,
+        objects: earlier.to_vec(),
+    };
+    let world = simulate::run(rules, resource, start, &script).unwrap_or_else(|e| panic!("{e}"));
+    world.resource.expect("the resource exists")
+}
+
+#[test]
+fn the_router_carries_the_counter_over_resources_until_the_target_is_exhausted() {
+    let rules = Rules::load(&root().join("examples/router-lifecycle.yaml"), &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pull = "failed:Failed:ImagePullBackOff: image pull failed";
+    let mut earlier: Vec<Value> = Vec::new();
+    let mut start = crate::time::parse_secs("2026-01-01T00:00:00Z").expect("start");
+    let mut backoffs = Vec::new();
+    for n in 1..=5 {
+        let done = route(&rules, n, start, &earlier, pull);
+        let status = &done["status"];
+        assert_eq!(status["phase"], "Failed", "{n}: {status}");
+        assert_eq!(status["consecutiveFailures"], n, "{n}: {status}");
+        let failed = crate::time::parse_secs(status["completionTime"].as_str().expect("time"))
+            .expect("completionTime");
+        let next = crate::time::parse_secs(status["nextAllowedExecution"].as_str().expect("next"))
+            .expect("nextAllowedExecution");
+        backoffs.push(next - failed);
+        // one second too early: held back by the backoff (at the limit, by the limit first)
+        let early = route(&rules, 100 + n, next - 1.0, &[done.clone()], "succeeded");
+        let skip = &early["status"]["skipDetails"];
+        assert_eq!(early["status"]["phase"], "Skipped", "{n}: {}", early["status"]);
+        if n < 5 {
+            assert_eq!(skip["reason"], "RecentlyRemediated", "{n}: {skip}");
+            assert_eq!(skip["recentRemediation"]["cooldownRemaining"], "1s");
+        } else {
+            assert_eq!(skip["reason"], "ExhaustedRetries", "{n}: {skip}");
+        }
+        earlier.push(done);
+        start = next;
+    }
+    assert_eq!(backoffs, vec![60.0, 120.0, 240.0, 480.0, 600.0]);
+    let sixth = route(&rules, 6, start, &earlier, "succeeded");
+    let status = &sixth["status"];
+    assert_eq!(status["phase"], "Skipped", "{status}");
+    assert_eq!(status["skipDetails"]["reason"], "ExhaustedRetries", "{status}");
+    assert_eq!(
+        status["skipDetails"]["message"],
+        "Max consecutive failures (5) reached for target 'default/deployment/nginx'. Manual intervention required."
+    );
+    assert_eq!(status["skipDetails"]["recentRemediation"]["name"], "restart-nginx-5");
+}
