@@ -145,7 +145,11 @@ fn simulate_plays_the_lookups_of_the_objects_it_is_given() {
 
 #[test]
 fn the_router_example_scenarios_pass() {
-    scenarios_pass("tests/lifecycle/router", "examples/router-lifecycle.yaml", 24);
+    scenarios_pass(
+        "tests/lifecycle/router",
+        "examples/router-lifecycle.yaml",
+        24,
+    );
 }
 
 /// One WorkflowExecution of the router profile, simulated with the earlier ones of its target
@@ -192,7 +196,11 @@ fn the_router_carries_the_counter_over_resources_until_the_target_is_exhausted()
         // one second too early: held back by the backoff (at the limit, by the limit first)
         let early = route(&rules, 100 + n, next - 1.0, &[done.clone()], "succeeded");
         let skip = &early["status"]["skipDetails"];
-        assert_eq!(early["status"]["phase"], "Skipped", "{n}: {}", early["status"]);
+        assert_eq!(
+            early["status"]["phase"], "Skipped",
+            "{n}: {}",
+            early["status"]
+        );
         if n < 5 {
             assert_eq!(skip["reason"], "RecentlyRemediated", "{n}: {skip}");
             assert_eq!(skip["recentRemediation"]["cooldownRemaining"], "1s");
@@ -206,10 +214,16 @@ fn the_router_carries_the_counter_over_resources_until_the_target_is_exhausted()
     let sixth = route(&rules, 6, start, &earlier, "succeeded");
     let status = &sixth["status"];
     assert_eq!(status["phase"], "Skipped", "{status}");
-    assert_eq!(status["skipDetails"]["reason"], "ExhaustedRetries", "{status}");
+    assert_eq!(
+        status["skipDetails"]["reason"], "ExhaustedRetries",
+        "{status}"
+    );
     assert_eq!(
         status["skipDetails"]["message"],
         "Max consecutive failures (5) reached for target 'default/deployment/nginx'. Manual intervention required."
     );
-    assert_eq!(status["skipDetails"]["recentRemediation"]["name"], "restart-nginx-5");
+    assert_eq!(
+        status["skipDetails"]["recentRemediation"]["name"],
+        "restart-nginx-5"
+    );
 }

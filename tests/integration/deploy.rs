@@ -30,7 +30,7 @@ async fn ensure_namespace(scope: &Scope, name: &str) {
 }
 
 /// `kubectl apply -k <dir> --dry-run=server` succeeds and lists every object deploy/ ships.
-async fn assert_applies(dir: &str, extra: &[&str]) {
+pub(crate) async fn assert_applies(dir: &str, extra: &[&str]) {
     let s = Scope::new("deploy").await;
     // a server-side dry run creates nothing, namespaces included: they must exist already
     ensure_namespace(&s, support::controller_namespace()).await;
@@ -90,7 +90,7 @@ async fn the_tekton_runner_overlay_applies_with_a_server_side_dry_run() {
 }
 
 /// The objects `kubectl kustomize <dir>` renders.
-async fn kustomize(s: &Scope, dir: &str) -> Vec<Value> {
+pub(crate) async fn kustomize(s: &Scope, dir: &str) -> Vec<Value> {
     let path = support::repo_root().join(dir).display().to_string();
     let out = s.env.kubectl(&["kustomize", &path]).await;
     serde_yaml::Deserializer::from_str(&out)
@@ -149,6 +149,7 @@ async fn no_rollout_of_the_kustomizations_runs_two_acting_controllers() {
         ("deploy", false),
         ("deploy/overlays/ha", true),
         ("deploy/overlays/tekton-runner", false),
+        ("deploy/overlays/router", false),
     ] {
         let objects = kustomize(&s, dir).await;
         let deployments: Vec<&Value> = objects

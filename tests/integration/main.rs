@@ -13,6 +13,7 @@ mod metrics_auth;
 mod partition;
 mod proxy;
 mod rollout;
+mod router;
 mod schema;
 mod smoke;
 // Helpers not every test uses.
