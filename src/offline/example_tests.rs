@@ -194,7 +194,13 @@ fn the_router_carries_the_counter_over_resources_until_the_target_is_exhausted()
             .expect("nextAllowedExecution");
         backoffs.push(next - failed);
         // one second too early: held back by the backoff (at the limit, by the limit first)
-        let early = route(&rules, 100 + n, next - 1.0, &[done.clone()], "succeeded");
+        let early = route(
+            &rules,
+            100 + n,
+            next - 1.0,
+            std::slice::from_ref(&done),
+            "succeeded",
+        );
         let skip = &early["status"]["skipDetails"];
         assert_eq!(
             early["status"]["phase"], "Skipped",
