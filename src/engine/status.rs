@@ -166,6 +166,37 @@ pub fn apply_merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// Folds merge patch `b` into merge patch `a`, so that applying `a` once does what applying the
+/// old `a` and then `b` did. Returns false, leaving `a` as it was, when one patch cannot say it
+/// (`b` merges fields into a value `a` replaces or removes).
+pub fn compose_merge_patches(a: &mut Value, b: &Value) -> bool {
+    fn composable(a: &Map<String, Value>, b: &Map<String, Value>) -> bool {
+        b.iter().all(|(k, vb)| match (vb, a.get(k)) {
+            (_, None) => true,
+            (Value::Object(bo), Some(Value::Object(ao))) => composable(ao, bo),
+            (Value::Object(_), Some(_)) => false,
+            _ => true,
+        })
+    }
+    fn fold(a: &mut Map<String, Value>, b: &Map<String, Value>) {
+        for (k, vb) in b {
+            match (vb, a.get_mut(k)) {
+                (Value::Object(bo), Some(Value::Object(ao))) => fold(ao, bo),
+                _ => {
+                    a.insert(k.clone(), vb.clone());
+                }
+            }
+        }
+    }
+    match (a, b) {
+        (Value::Object(ao), Value::Object(bo)) if composable(ao, bo) => {
+            fold(ao, bo);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Deep-merges `over` into `base` (objects merge, everything else replaces).
 pub fn deep_merge(base: &mut Value, over: Value) {
     match (base, over) {
@@ -225,6 +256,44 @@ pub(super) fn condition_status<'v>(status: &'v Value, field: &str, kind: &str) -
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn composed_patches_do_what_the_two_did_in_turn() {
+        let targets = [
+            json!({}),
+            json!({"phase": "Pending", "ref": {"name": "a", "ns": "x"}, "list": [1, 2]}),
+            json!({"ref": 3, "deep": {"a": {"b": 1}}}),
+        ];
+        let patches = [
+            json!({"phase": "Running", "ref": {"name": "b"}}),
+            json!({"ref": null, "list": [3]}),
+            json!({"ref": {"ns": null, "extra": true}, "deep": {"a": {"c": 2}}}),
+            json!({"deep": {"a": null}, "phase": null}),
+            json!({"deep": 5}),
+        ];
+        let mut composed_some = 0;
+        let mut refused_some = 0;
+        for t in &targets {
+            for a in &patches {
+                for b in &patches {
+                    let mut twice = t.clone();
+                    apply_merge_patch(&mut twice, a);
+                    apply_merge_patch(&mut twice, b);
+                    let mut ab = a.clone();
+                    if compose_merge_patches(&mut ab, b) {
+                        composed_some += 1;
+                        let mut once = t.clone();
+                        apply_merge_patch(&mut once, &ab);
+                        assert_eq!(once, twice, "{t} + {a} + {b} as {ab}");
+                    } else {
+                        refused_some += 1;
+                        assert_eq!(&ab, a, "a refused fold leaves the first patch alone");
+                    }
+                }
+            }
+        }
+        assert!(composed_some > 0 && refused_some > 0);
+    }
 
     #[test]
     fn merge_patch_round_trips() {

@@ -120,8 +120,19 @@ async fn reconcile_with(obj: &DynamicObject, ctx: &Ctx, rules: &Rules) -> Result
         label: format!("{namespace}/{name}"),
         name,
         resource: Some(resource),
+        held: None,
     };
-    match drive(rules, &mut world).await {
+    // a held status write that loses a conflict at the end: decide again on what is there now
+    let mut result = drive(rules, &mut world).await;
+    for _ in 0..MAX_LATE_CONFLICTS {
+        match world.flush().await {
+            Outcome::Stale => result = drive(rules, &mut world).await,
+            Outcome::Backoff(e) => return Err(e),
+            Outcome::Gone => return Ok(Action::await_change()),
+            Outcome::Done | Outcome::Refused(_) => break,
+        }
+    }
+    match result {
         Ok(requeue_after) => Ok(requeue(requeue_after)),
         Err(DriveError::Backoff(e)) => Err(e),
         Err(DriveError::Refused { effect, error }) => {
@@ -149,6 +160,20 @@ fn requeue(after: Option<f64>) -> Action {
     }
 }
 
+/// Times the held status write may lose a conflict at the end of a reconcile before the
+/// reconcile gives up on it (the next one starts from the cache).
+const MAX_LATE_CONFLICTS: usize = 3;
+
+/// A status write not made yet: the decisions that follow in the same reconcile see it (it is
+/// applied to the reconcile's copy of the resource), and their own status writes fold into it,
+/// so a transition and the new phase's first sync cost one request. The Events and metric
+/// updates that came after it wait for it; any other effect, and the end of the reconcile, make
+/// it.
+struct Held {
+    patch: Value,
+    after: Vec<Effect>,
+}
+
 /// The cluster as the engine's world, for one reconcile of one resource.
 struct Cluster<'a> {
     ctx: &'a Ctx,
@@ -158,8 +183,53 @@ struct Cluster<'a> {
     name: String,
     /// `namespace/name`, for logs.
     label: String,
-    /// The resource as last read or written (none once gone).
+    /// The resource as last read or written (none once gone), with the held status write.
     resource: Option<Value>,
+    /// The status write held back, if any.
+    held: Option<Held>,
+}
+
+impl Cluster<'_> {
+    /// Holds a status write, folding it into the one already held when one patch can say both.
+    async fn hold(&mut self, patch: &Value) -> Outcome<Error> {
+        let folded = match &mut self.held {
+            Some(held) => engine::status::compose_merge_patches(&mut held.patch, patch),
+            None => false,
+        };
+        if !folded {
+            match self.flush().await {
+                Outcome::Done => {}
+                other => return other,
+            }
+            self.held = Some(Held {
+                patch: patch.clone(),
+                after: Vec::new(),
+            });
+        }
+        match self.resource.as_mut() {
+            Some(resource) => {
+                pretend_written(resource, patch);
+                Outcome::Done
+            }
+            None => Outcome::Gone,
+        }
+    }
+
+    /// Makes the held status write, then the effects that waited for it.
+    async fn flush(&mut self) -> Outcome<Error> {
+        let Some(held) = self.held.take() else {
+            return Outcome::Done;
+        };
+        let write = Effect::PatchStatus { patch: held.patch };
+        for effect in std::iter::once(&write).chain(&held.after) {
+            match carry_out(self, effect).await {
+                Ok(Outcome::Done) => {}
+                Ok(other) => return other,
+                Err(e) => return Outcome::Backoff(e),
+            }
+        }
+        Outcome::Done
+    }
 }
 
 impl World for Cluster<'_> {
@@ -186,6 +256,19 @@ impl World for Cluster<'_> {
     }
 
     async fn carry_out(&mut self, effect: &Effect) -> Outcome<Error> {
+        match effect {
+            Effect::PatchStatus { patch } => return self.hold(patch).await,
+            Effect::Event(_) | Effect::Metric(_) if self.held.is_some() => {
+                if let Some(held) = &mut self.held {
+                    held.after.push(effect.clone());
+                }
+                return Outcome::Done;
+            }
+            _ => match self.flush().await {
+                Outcome::Done => {}
+                other => return other,
+            },
+        }
         match carry_out(self, effect).await {
             Ok(outcome) => outcome,
             Err(e) => Outcome::Backoff(e),
