@@ -16,6 +16,7 @@ mod lifecycle;
 mod locking;
 mod reload;
 mod restarts;
+mod scope_and_patch;
 
 use kube::api::{DeleteParams, PostParams};
 use serde_json::{Value, json};
