@@ -370,6 +370,23 @@ fn check(
                     .map(|s| format!("; status checked against {s}"))
                     .unwrap_or_default()
             ));
+            for a in access(&r) {
+                let place = match &a.namespace {
+                    Some(ns) => format!("in namespace {ns} (a Role there)"),
+                    None => "in every namespace or cluster-wide (a ClusterRole rule)".into(),
+                };
+                out(&format!(
+                    "  {} {} ({}): the controller needs {} {place}\n",
+                    if a.verbs.contains(&"create") {
+                        "creates"
+                    } else {
+                        "reads"
+                    },
+                    a.kind,
+                    a.api_version,
+                    a.verbs.join(", "),
+                ));
+            }
             for (api_version, kind) in lookup_kinds(&r) {
                 out(&format!(
                     "  lookups read {kind} ({api_version}): the controller needs list and watch on them in every namespace (a ClusterRole rule)\n"
@@ -474,15 +491,85 @@ fn lookup_kinds(rules: &Rules) -> Vec<(String, String)> {
     kinds
 }
 
-/// The access the rules' lookups need beyond the base install: `[{apiVersion, kind, verbs,
-/// allNamespaces}]`.
+/// The access the rules need to the kinds besides the governed one: the objects they create
+/// (and delete or patch), the related objects they read, and their lookups, each with the one
+/// namespace it is in or across every namespace: `[{apiVersion, kind, verbs, allNamespaces,
+/// namespace?}]`.
 fn rbac(rules: &Rules) -> Value {
-    lookup_kinds(rules)
+    let mut out: Vec<Value> = access(rules)
         .into_iter()
-        .map(|(api_version, kind)| {
-            json!({"apiVersion": api_version, "kind": kind, "verbs": ["list", "watch"], "allNamespaces": true})
+        .map(|a| {
+            let mut v = json!({"apiVersion": a.api_version, "kind": a.kind, "verbs": a.verbs, "allNamespaces": a.namespace.is_none()});
+            if let Some(ns) = a.namespace {
+                v["namespace"] = json!(ns);
+            }
+            v
         })
-        .collect()
+        .collect();
+    for (api_version, kind) in lookup_kinds(rules) {
+        out.push(json!({"apiVersion": api_version, "kind": kind, "verbs": ["list", "watch"], "allNamespaces": true}));
+    }
+    Value::Array(out)
+}
+
+/// Access to one kind of object the rules create or read.
+struct Access {
+    api_version: String,
+    kind: String,
+    verbs: Vec<&'static str>,
+    /// The one namespace (none: every namespace, or cluster-scoped).
+    namespace: Option<String>,
+}
+
+/// The execution object's kind (with the verbs the rules' actions use) and the related kinds.
+fn access(rules: &Rules) -> Vec<Access> {
+    use crate::rules::model::ExecutionAction;
+    let mut actions: Vec<&crate::rules::ActionRules> = Vec::new();
+    for p in &rules.phases {
+        actions.extend(p.transitions.iter().map(|t| &t.action));
+    }
+    actions.extend(rules.cooldown.iter().map(|c| &c.release));
+    actions.extend(rules.on_delete.iter());
+    let deletes = actions
+        .iter()
+        .any(|a| a.execution == Some(ExecutionAction::Delete))
+        || rules
+            .phases
+            .iter()
+            .any(|p| p.transitions.iter().any(|t| t.retry.is_some()));
+    let patches = actions.iter().any(|a| !a.patch.is_empty());
+    let ex = &rules.execution;
+    let mut verbs = vec!["get", "list", "watch", "create"];
+    if deletes {
+        verbs.push("delete");
+    }
+    if patches {
+        verbs.push("patch");
+    }
+    let mut out = vec![Access {
+        api_version: ex.api_version.clone(),
+        kind: ex.kind.clone(),
+        verbs,
+        namespace: rules.fixed_execution_namespace(),
+    }];
+    for r in &rules.related {
+        if out
+            .iter()
+            .any(|a| a.api_version == r.api_version && a.kind == r.kind)
+        {
+            continue;
+        }
+        out.push(Access {
+            api_version: r.api_version.clone(),
+            kind: r.kind.clone(),
+            verbs: vec!["get", "list", "watch"],
+            // read in the execution object's namespace unless their references name another
+            namespace: rules
+                .fixed_execution_namespace()
+                .filter(|_| r.namespace_path.is_none()),
+        });
+    }
+    out
 }
 
 /// Loads rules and a resource file, printing what went wrong.
@@ -689,6 +776,25 @@ mod tests {
     fn example() -> Value {
         crate::offline::read_object(&root().join("examples/workflowexecution.yaml"))
             .expect("the example reads")
+    }
+
+    #[test]
+    fn check_states_the_access_to_created_and_related_kinds() {
+        // the default rules: exactly what deploy/base/rbac.yaml grants in the execution namespace
+        assert_eq!(
+            rbac(&default_rules()),
+            json!([
+                {"apiVersion": "tekton.dev/v1", "kind": "PipelineRun", "verbs": ["get", "list", "watch", "create", "delete"], "allNamespaces": false, "namespace": "kubernaut-workflows"},
+                {"apiVersion": "tekton.dev/v1", "kind": "TaskRun", "verbs": ["get", "list", "watch"], "allNamespaces": false, "namespace": "kubernaut-workflows"},
+            ])
+        );
+        // a cluster-scoped child that is patched
+        let tenant = Rules::load(&root().join("examples/tenant-lifecycle.yaml"), &[])
+            .expect("the Tenant example loads");
+        assert_eq!(
+            rbac(&tenant),
+            json!([{"apiVersion": "v1", "kind": "Namespace", "verbs": ["get", "list", "watch", "create", "delete", "patch"], "allNamespaces": true}])
+        );
     }
 
     #[test]
