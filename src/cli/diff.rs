@@ -40,6 +40,8 @@ pub struct LiveImpact {
     pub old: DecisionSummary,
     /// The decision under the new rules.
     pub new: DecisionSummary,
+    /// Whether the new rules' `rollout` keeps it on the old revision until it finishes.
+    pub pinned: bool,
 }
 
 /// Runs `lifecycle diff`.
@@ -167,6 +169,8 @@ fn live_impact(
                         .to_string(),
                     old: x,
                     new: y,
+                    pinned: crate::engine::rollout::pinned_revision(new, r)
+                        == Some(old.revision.as_str()),
                 });
             }
         }
@@ -225,6 +229,12 @@ fn text(
             let _ = writeln!(s, "  {} (phase {})", l.resource, l.phase);
             let _ = writeln!(s, "    old: {}", summary(&l.old));
             let _ = writeln!(s, "    new: {}", summary(&l.new));
+            if l.pinned {
+                let _ = writeln!(
+                    s,
+                    "    (pinned by the new rules' rollout: decided by the old revision until it finishes)"
+                );
+            }
         }
     }
     s

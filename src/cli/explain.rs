@@ -187,6 +187,13 @@ pub fn text(rules: &Rules, label: &str, now: f64, e: &Explanation) -> String {
         }
         None => {}
     }
+    if let Some(p) = &e.pinned_to {
+        let _ = writeln!(
+            s,
+            "Rollout:     pinned to revision {p}: the controller decides it by that revision while it is loaded (explained here with {})",
+            e.revision
+        );
+    }
     let _ = writeln!(s, "Now:         {}", crate::time::format_secs(now));
     let mut phase = e.phase.clone();
     if let Some(r) = &e.recorded_phase

@@ -24,6 +24,9 @@ pub struct Explanation {
     pub revision: String,
     /// The revision the resource's status records (the rules that last wrote it).
     pub recorded_revision: Option<String>,
+    /// The revision these rules' `rollout` pins the resource to (the controller decides it by
+    /// that revision while it is loaded), when it is not these rules.
+    pub pinned_to: Option<String>,
     /// The phase the rules read the resource in.
     pub phase: String,
     /// The phase its status names, when that differs (a phase mapped by `renamedPhases`) or
@@ -247,6 +250,7 @@ pub fn explain(rules: &Rules, obs: &Observation, now: f64) -> Explanation {
     Explanation {
         revision: rules.revision.clone(),
         recorded_revision,
+        pinned_to: super::rollout::pinned_revision(rules, &obs.resource).map(str::to_string),
         phase: s.phase_name.clone(),
         recorded_phase,
         phase_known: phase.is_some(),

@@ -21,6 +21,7 @@ mod drive_tests;
 mod effects;
 pub mod explain;
 mod lookups;
+pub mod rollout;
 mod scope;
 #[cfg(test)]
 mod security_tests;

@@ -384,3 +384,10 @@ pub struct SimulationRules {
     /// Named outcomes.
     pub outcomes: Vec<(String, SimulatedChangeRules)>,
 }
+
+/// The rollout policy, per phase.
+#[derive(Debug, Clone, Default)]
+pub struct RolloutRules {
+    /// The policy of each phase, by phase index.
+    pub phases: Vec<super::model::RolloutPolicy>,
+}

@@ -139,6 +139,7 @@ impl Compiler<'_> {
         let (phases, initial) = self.compile_phases(&raw);
         let renamed_phases = self.compile_renamed_phases(&raw);
         let phase_names: Vec<String> = raw.phases.keys().cloned().collect();
+        let rollout = self.compile_rollout(raw.rollout.as_ref(), &phase_names);
         let cooldown = raw
             .cooldown
             .as_ref()
@@ -166,6 +167,7 @@ impl Compiler<'_> {
             phases,
             initial,
             renamed_phases,
+            rollout,
             cooldown,
             on_delete,
             audit,

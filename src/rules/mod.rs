@@ -39,8 +39,8 @@ mod watch;
 pub use compiled::{
     ActionRules, AuditRules, ConditionRules, CooldownRules, Deps, EventRules, ExecutionRules,
     LookupNamespace, LookupRules, MatcherRules, MetricRules, PhaseRules, RelatedRules,
-    ResourceRules, RetryRules, SimulatedChangeRules, SimulationRules, TableRules, TmplTree,
-    TransitionRules, ValidationRules, ValueKind, ValueRules,
+    ResourceRules, RetryRules, RolloutRules, SimulatedChangeRules, SimulationRules, TableRules,
+    TmplTree, TransitionRules, ValidationRules, ValueKind, ValueRules,
 };
 pub use crd::{KindSchema, find_kind_schema, status_problems};
 pub use schema::json_schema;
@@ -164,6 +164,8 @@ pub struct Rules {
     /// Removed phases by their old name, with the index of the phase that replaces each
     /// (`renamedPhases`).
     pub renamed_phases: Vec<(String, usize)>,
+    /// Which rules decide a resource in flight after a change (`rollout`).
+    pub rollout: RolloutRules,
     /// Cooldown policy.
     pub cooldown: Option<CooldownRules>,
     /// Deletion handling.

@@ -57,6 +57,11 @@ pub struct RulesFile {
     /// that phase is mapped here.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub renamed_phases: IndexMap<String, String>,
+    /// Which rules decide a resource that was in flight when the rules changed: the latest
+    /// (`latest`, the default) or the revision its status records, while the controller still
+    /// has it loaded (`pinned`). A global policy, and per-phase exceptions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
     /// Keep the lock for a while after a terminal phase, then release it once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cooldown: Option<Cooldown>,
@@ -757,4 +762,27 @@ impl Default for Setting {
     fn default() -> Self {
         Setting::String(String::new())
     }
+}
+
+/// How a rules change reaches resources already in flight.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Rollout {
+    /// The policy for every non-terminal phase: `latest` (default) or `pinned`.
+    #[serde(default)]
+    pub policy: RolloutPolicy,
+    /// The policy of single phases, overriding `policy` (`PHASE: latest|pinned`).
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub phases: IndexMap<String, RolloutPolicy>,
+}
+
+/// Which rules decide a resource in flight.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RolloutPolicy {
+    /// The rules loaded now.
+    #[default]
+    Latest,
+    /// The revision the resource's status records, while it is loaded.
+    Pinned,
 }

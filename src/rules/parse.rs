@@ -130,6 +130,7 @@ impl Compiler<'_> {
             "actions",
             "phases",
             "renamedPhases",
+            "rollout",
             "cooldown",
             "onDelete",
             "audit",
@@ -187,6 +188,11 @@ impl Compiler<'_> {
         let templates = get("templates").and_then(|v| self.de(v, &root.key("templates")));
         let cooldown = get("cooldown").and_then(|v| {
             let r = self.de(v, &root.key("cooldown"));
+            ok &= r.is_some();
+            r
+        });
+        let rollout = get("rollout").and_then(|v| {
+            let r = self.de(v, &root.key("rollout"));
             ok &= r.is_some();
             r
         });
@@ -256,6 +262,7 @@ impl Compiler<'_> {
             actions,
             phases,
             renamed_phases: renamed_phases.unwrap_or_default(),
+            rollout,
             cooldown,
             on_delete,
             audit,

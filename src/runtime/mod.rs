@@ -5,7 +5,8 @@
 //! - [`controller`]: start-up of `lifecycle run` (settings, tracing, the tasks below);
 //! - [`k8s`]: watches, caches, the reconcile of one resource, leader election;
 //! - [`inspect`]: read-only observations of live resources for `explain` and `diff`;
-//! - [`reload`]: live reload of the rules file and its templates;
+//! - [`reload`]: live reload of the rules file and its templates; [`revisions`]: the older
+//!   revisions kept loaded while resources are pinned to them;
 //! - [`audit`]: delivery of audit records to their sinks;
 //! - [`metrics`] and [`server`]: Prometheus metrics and the health/metrics HTTP endpoint;
 //! - [`secure_metrics`]: `/metrics` over HTTPS for callers the API server authorises.
@@ -16,5 +17,6 @@ pub mod inspect;
 pub mod k8s;
 pub mod metrics;
 pub mod reload;
+pub mod revisions;
 pub mod secure_metrics;
 pub mod server;

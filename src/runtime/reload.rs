@@ -14,6 +14,7 @@
 
 use crate::rules::{LoadError, Rules};
 use crate::runtime::metrics::Metrics;
+use crate::runtime::revisions::Revisions;
 use notify::{RecursiveMode, Watcher};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ pub struct RulesHandle {
     rx: watch::Receiver<Arc<Rules>>,
     state: Arc<Mutex<ReloadState>>,
     census: Arc<Mutex<Option<Census>>>,
+    revisions: Arc<Revisions>,
 }
 
 /// Lists the governed resources the controller holds in its watch cache: `namespace/name` and
@@ -47,6 +49,7 @@ pub struct ReloadState {
 impl RulesHandle {
     /// A handle that never changes (for tests and one-shot tools).
     pub fn fixed(rules: Arc<Rules>) -> RulesHandle {
+        let revisions = Arc::new(Revisions::new(&rules));
         let (tx, rx) = watch::channel(rules);
         // keep the channel open for the life of the process
         std::mem::forget(tx);
@@ -54,7 +57,19 @@ impl RulesHandle {
             rx,
             state: Arc::default(),
             census: Arc::default(),
+            revisions,
         }
+    }
+
+    /// The rules that decide `resource` (at least its `status`): the latest, or the revision
+    /// the latest rules' `rollout` pins it to, while that is loaded.
+    pub fn for_resource(&self, resource: &Value) -> Arc<Rules> {
+        self.revisions.for_resource(&self.current(), resource)
+    }
+
+    /// The revisions loaded (the latest, and those resources are pinned to).
+    pub fn loaded_revisions(&self) -> Vec<String> {
+        self.revisions.loaded()
     }
 
     /// The governed resources in the watch cache (none before the controller has one).
@@ -114,10 +129,12 @@ pub fn start(
     let state: Arc<Mutex<ReloadState>> = Arc::default();
     let (err_tx, err_rx) = mpsc::channel(16);
     let census: Arc<Mutex<Option<Census>>> = Arc::default();
+    let revisions = Arc::new(Revisions::new(&initial));
     let handle = RulesHandle {
         rx,
         state: state.clone(),
         census: census.clone(),
+        revisions: revisions.clone(),
     };
     let (fs_tx, fs_rx) = mpsc::unbounded_channel::<()>();
     let dirs = watched_dirs(&initial);
@@ -151,7 +168,7 @@ pub fn start(
         err_tx,
         config,
         metrics,
-        census,
+        (census, revisions),
         initial.revision.clone(),
     ));
     (handle, err_rx)
@@ -193,7 +210,7 @@ async fn run(
     err_tx: mpsc::Sender<String>,
     config: Config,
     metrics: Arc<Metrics>,
-    census: Arc<Mutex<Option<Census>>>,
+    (census, revisions): (Arc<Mutex<Option<Census>>>, Arc<Revisions>),
     mut revision: String,
 ) {
     let mut last_rejected: Option<String> = None;
@@ -214,6 +231,7 @@ async fn run(
             }
             _ = ticker.tick() => {}
         }
+        prune(&revisions, &tx.borrow(), &census);
         let file = config.file.clone();
         let overrides = config.overrides.clone();
         let crd = config.crd.clone();
@@ -262,7 +280,10 @@ async fn run(
                     s.last_error = None;
                 }
                 last_rejected = None;
-                let _ = tx.send(Arc::new(rules));
+                let rules = Arc::new(rules);
+                revisions.keep(&rules);
+                let _ = tx.send(rules.clone());
+                prune(&revisions, &rules, &census);
             }
             Err(report) => {
                 if last_rejected.as_deref() == Some(report.as_str()) {
@@ -279,6 +300,17 @@ async fn run(
                 let _ = err_tx.try_send(report);
             }
         }
+    }
+}
+
+/// Drops the revisions no resource in the watch cache is pinned to any more.
+fn prune(revisions: &Revisions, latest: &Rules, census: &Mutex<Option<Census>>) {
+    let census = census.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let Some(census) = census else {
+        return;
+    };
+    for dropped in revisions.prune(latest, &census()) {
+        tracing::info!(revision = %dropped, "rules revision unloaded: no resource is pinned to it");
     }
 }
 

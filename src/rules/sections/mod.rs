@@ -14,6 +14,7 @@ mod phases;
 mod related;
 mod resource;
 mod retry;
+mod rollout;
 mod settings;
 mod simulation;
 mod templates;

@@ -58,7 +58,9 @@ fn code(e: &kube::Error) -> u16 {
 /// Reconciles one governed resource.
 pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let started = Instant::now();
-    let rules = ctx.rules.current();
+    // the latest rules, or the revision the resource is pinned to (`rollout`)
+    let status = serde_json::json!({"status": obj.data.get("status")});
+    let rules = ctx.rules.for_resource(&status);
     let result = reconcile_with(&obj, &ctx, &rules).await;
     ctx.metrics
         .reconcile_seconds

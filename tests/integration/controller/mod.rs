@@ -14,6 +14,7 @@ mod api;
 mod attempts;
 mod lifecycle;
 mod locking;
+mod pinned;
 mod reload;
 mod restarts;
 mod scope_and_patch;
