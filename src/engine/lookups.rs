@@ -176,7 +176,108 @@ fn compare(a: Option<&Value>, b: Option<&Value>) -> Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::{Effect, Observation, decide};
+    use crate::rules::Sources;
     use serde_json::json;
+
+    /// Rules whose one transition records what lookup `others` (of the governed kind, `select`
+    /// and `excludeSelf` as given) found.
+    fn rules(select: &str, exclude_self: bool) -> Rules {
+        let text = format!(
+            r#"
+version: 1
+resource: {{ apiVersion: example.com/v1, kind: Task, fieldManager: t, component: t }}
+execution:
+  apiVersion: v1
+  kind: ConfigMap
+  namespace: "{{{{ resource.metadata.namespace }}}}"
+  name: "t-{{{{ resource.metadata.name }}}}"
+  template: cm.yaml
+  ownerLabels: {{ name: example.com/name, namespace: example.com/namespace }}
+lookups:
+  others:
+    apiVersion: example.com/v1
+    kind: Task
+    allNamespaces: true
+    excludeSelf: {exclude_self}
+    where: {{ expr: "item.spec.team == resource.spec.team" }}
+    sortBy: "$.spec.rank"
+    select: {select}
+phases:
+  Pending:
+    initial: true
+    transitions:
+      - name: seen
+        to: Done
+        status:
+          seen: "{{{{ lookups.others }}}}"
+  Done:
+    terminal: true
+"#
+        );
+        let sources = Sources::from_text("lookups.yaml", text).with_template("cm.yaml", "{}");
+        Rules::compile(&sources, &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn task(name: &str, ns: &str, team: &str, rank: i64) -> Value {
+        json!({"apiVersion": "example.com/v1", "kind": "Task",
+               "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}")},
+               "spec": {"team": team, "rank": rank}})
+    }
+
+    /// What the decision records, given the objects the world found.
+    fn seen(rules: &Rules, found: Vec<Value>) -> Value {
+        let me = task("me", "a", "blue", 5);
+        let mut obs = Observation {
+            resource: me.clone(),
+            ..Observation::default()
+        };
+        let first = decide(rules, &obs, 0.0);
+        assert!(first.effects.is_empty(), "{first:?}");
+        assert_eq!(first.lookups.len(), 1, "{first:?}");
+        assert_eq!(first.lookups[0].namespace, None);
+        obs.lookups
+            .insert("others".into(), Value::Array([vec![me], found].concat()));
+        let d = decide(rules, &obs, 0.0);
+        assert_eq!(d.error, None);
+        d.effects
+            .iter()
+            .find_map(|e| match e {
+                // a null result is left out of the status (a template giving `none`)
+                Effect::PatchStatus { patch } => {
+                    Some(patch.get("seen").cloned().unwrap_or(Value::Null))
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{d:?}"))
+    }
+
+    fn names(v: &Value) -> Vec<&str> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.pointer("/metadata/name").and_then(Value::as_str))
+            .collect()
+    }
+
+    #[test]
+    fn a_decision_filters_sorts_selects_and_leaves_itself_out_when_asked() {
+        let found = vec![
+            task("c", "b", "blue", 9),
+            task("a", "b", "blue", 1),
+            task("red", "a", "red", 3),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}),
+        ];
+        let all = seen(&rules("all", true), found.clone());
+        assert_eq!(names(&all), ["a", "c"]);
+        let with_self = seen(&rules("all", false), found.clone());
+        assert_eq!(names(&with_self), ["a", "me", "c"]);
+        let last = seen(&rules("last", true), found.clone());
+        assert_eq!(last.pointer("/metadata/name"), Some(&json!("c")));
+        let first = seen(&rules("first", false), found);
+        assert_eq!(first.pointer("/metadata/name"), Some(&json!("a")));
+        assert_eq!(seen(&rules("first", true), Vec::new()), Value::Null);
+    }
 
     #[test]
     fn sort_keys_order_missing_first_and_times_as_times() {
