@@ -233,3 +233,61 @@ fn the_router_carries_the_counter_over_resources_until_the_target_is_exhausted()
         "restart-nginx-5"
     );
 }
+
+/// The default lifecycle's scenarios whose resource loses the race for the PipelineRun: the
+/// router skips it (ResourceBusy) where the executor fails it.
+const RACES_THE_ROUTER_SKIPS: [&str; 4] = [
+    "create-race-same-name-other-namespace.yaml",
+    "create-race-with-another-resources-run.yaml",
+    "create-race-with-unlabelled-run.yaml",
+    "delete-does-not-touch-another-resources-run.yaml",
+];
+
+#[test]
+fn the_router_keeps_the_default_lifecycle_but_for_the_lost_race_and_its_gauge() {
+    // Every default scenario, run with the router rules, passes; or differs only where router.md
+    // says: a lost race is Skipped, and every terminal transition also sets the
+    // consecutive-failures gauge (one more metric update, one more effect).
+    let files = collect(&[root().join("tests/lifecycle")]).expect("the default scenarios");
+    let rules = root().join("examples/router-lifecycle.yaml");
+    let (mut passed, mut races, mut gauge) = (0, 0, 0);
+    for f in &files {
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let outcome = run_file(f, &rules);
+        if outcome.failures.is_empty() {
+            passed += 1;
+        } else if RACES_THE_ROUTER_SKIPS.contains(&name) {
+            assert!(
+                outcome.failures.iter().any(|m| m.contains("got `Skipped`")),
+                "{name}: {:?}",
+                outcome.failures
+            );
+            races += 1;
+        } else {
+            // each difference of each step on its own: the metric updates (the gauge among
+            // them) or the effects (one metric update more)
+            for part in outcome
+                .failures
+                .iter()
+                .flat_map(|m| m.split("expected ").skip(1))
+            {
+                let metrics = part.starts_with("metrics [")
+                    && part.contains("workflowexecution_consecutive_failures");
+                let one_more_metric = part.starts_with("effects [")
+                    && part.split_once(", got [").is_some_and(|(want, got)| {
+                        got.matches("\"metric\"").count() == want.matches("\"metric\"").count() + 1
+                    });
+                assert!(
+                    metrics || one_more_metric,
+                    "{name}: the router changed more than the gauge: {part}"
+                );
+            }
+            gauge += 1;
+        }
+    }
+    assert_eq!(races, RACES_THE_ROUTER_SKIPS.len());
+    assert!(
+        passed >= 100,
+        "{passed} passed, {gauge} differ by the gauge"
+    );
+}
