@@ -250,7 +250,12 @@ impl World for Cluster<'_> {
     }
 
     async fn related(&mut self, key: &ObjectKey) -> Result<Option<Value>, Error> {
-        observe(self.ctx, key).await
+        // Read fresh: a related object's watch is a separate stream from its execution object's,
+        // so its cache can still hold the state from before the change that woke this reconcile
+        // (a failed child read as still running loses the failure details for good).
+        get_object(self.ctx, key)
+            .await
+            .map(|o| o.as_ref().map(to_value))
     }
 
     async fn lookup(&mut self, request: &LookupRequest) -> Result<Vec<Value>, Error> {
