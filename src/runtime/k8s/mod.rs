@@ -12,6 +12,7 @@ mod client;
 mod crd;
 mod lease;
 mod lookups;
+mod projection;
 mod reconcile;
 mod status_guard;
 
