@@ -537,7 +537,11 @@ fn access(rules: &Rules) -> Vec<Access> {
             .phases
             .iter()
             .any(|p| p.transitions.iter().any(|t| t.retry.is_some()));
-    let patches = actions.iter().any(|a| !a.patch.is_empty());
+    let patches = actions.iter().any(|a| {
+        a.patch
+            .iter()
+            .any(|(t, _)| *t == crate::rules::ChildRef::Lock)
+    });
     let ex = &rules.execution;
     let mut verbs = vec!["get", "list", "watch", "create"];
     if deletes {
@@ -552,6 +556,48 @@ fn access(rules: &Rules) -> Vec<Access> {
         verbs,
         namespace: rules.fixed_execution_namespace(),
     }];
+    let watched = rules.watched_kinds();
+    for (i, c) in rules.children.iter().enumerate() {
+        let mut verbs = vec!["get", "list", "watch", "create"];
+        if actions.iter().any(|a| {
+            a.children
+                .iter()
+                .any(|&(j, x)| j == i && x == ExecutionAction::Delete)
+        }) {
+            verbs.push("delete");
+        }
+        if actions.iter().any(|a| {
+            a.patch
+                .iter()
+                .any(|(t, _)| *t == crate::rules::ChildRef::Child(i))
+        }) {
+            verbs.push("patch");
+        }
+        let (api_version, kind) = (&c.object.api_version, &c.object.kind);
+        match out
+            .iter_mut()
+            .find(|a| &a.api_version == api_version && &a.kind == kind)
+        {
+            Some(a) => {
+                for v in verbs {
+                    if !a.verbs.contains(&v) {
+                        a.verbs.push(v);
+                    }
+                }
+                // one grant wide enough for both
+                a.namespace = None;
+            }
+            None => out.push(Access {
+                api_version: api_version.clone(),
+                kind: kind.clone(),
+                verbs,
+                namespace: watched
+                    .iter()
+                    .find(|w| &w.api_version == api_version && &w.kind == kind)
+                    .and_then(|w| w.namespace.clone()),
+            }),
+        }
+    }
     for r in &rules.related {
         if out
             .iter()

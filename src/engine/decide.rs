@@ -34,6 +34,21 @@ pub fn execution_key(rules: &Rules, resource: &Value, now: f64) -> Result<Object
     })
 }
 
+/// The identity of each of the rules' other children for this resource (none where its
+/// name or namespace does not render), in the order of `rules.children`.
+pub fn child_keys(rules: &Rules, resource: &Value, now: f64) -> Vec<Option<ObjectKey>> {
+    let obs = Observation {
+        resource: resource.clone(),
+        ..Observation::default()
+    };
+    let d = Decider {
+        s: Scope::new(rules, &obs, now),
+    };
+    (0..rules.children.len())
+        .map(|i| d.child_key(i).ok())
+        .collect()
+}
+
 /// Decides what to do for one resource. Pure, total and deterministic.
 pub fn decide(rules: &Rules, obs: &Observation, now: f64) -> Decision {
     let mut d = Decider {
@@ -42,11 +57,12 @@ pub fn decide(rules: &Rules, obs: &Observation, now: f64) -> Decision {
     match d.run() {
         Ok(decision) => decision,
         Err(Stop::Needs(Need::Related(index))) => {
-            let mut needs = vec![related_requests(rules, index, obs.execution.as_ref())];
+            let ex = obs.execution.as_ref();
+            let mut needs = vec![related_requests(rules, index, ex, &obs.children)];
             // ask for every related list the observation lacks at once
             for (i, r) in rules.related.iter().enumerate() {
                 if i != index && !obs.related.contains_key(&r.name) {
-                    needs.push(related_requests(rules, i, obs.execution.as_ref()));
+                    needs.push(related_requests(rules, i, ex, &obs.children));
                 }
             }
             Decision {
@@ -63,6 +79,16 @@ pub fn decide(rules: &Rules, obs: &Observation, now: f64) -> Decision {
         },
         Err(Stop::Fail(e)) => d.failure(e),
     }
+}
+
+/// Where the children a step creates are.
+enum Children {
+    /// Each exists and is ours.
+    Ready,
+    /// One is another's, or a create failed: the step is not taken.
+    Skip,
+    /// One is being created: the step waits.
+    Creating,
 }
 
 /// One decision being made.
@@ -183,32 +209,13 @@ impl Decider<'_> {
                 name: name.to_string(),
             });
         }
-        let ctx = self.s.ctx(None, None);
-        let t = &self.s.rules.templates;
-        let name = t.text(&ex.name, &ctx).map_err(template_error)?;
-        // a cluster-scoped object has no namespace
-        let namespace = match &ex.namespace {
-            Some(ns) => t.text(ns, &ctx).map_err(template_error)?,
-            None => String::new(),
-        };
-        let mut checks = vec![("name", &name, 253)];
-        if ex.namespace.is_some() {
-            checks.push(("namespace", &namespace, 63));
-        }
-        for (what, value, max) in checks {
-            if let Err(e) = check_dns_name(value, max) {
-                return Err(Stop::Fail(DecideError {
-                    category: Category::ExecutionObjectInvalid,
-                    message: format!("execution {what} `{value}` {e}"),
-                }));
-            }
-        }
-        Ok(ObjectKey {
-            api_version: ex.api_version.clone(),
-            kind: ex.kind.clone(),
-            namespace,
-            name,
-        })
+        identity(&self.s, ex, "execution")
+    }
+
+    /// The identity of child `index` (of the rules' other children).
+    pub(super) fn child_key(&self, index: usize) -> Result<ObjectKey, Stop> {
+        let c = &self.s.rules.children[index];
+        identity(&self.s, &c.object, &format!("child {}", c.name))
     }
 
     fn finalizers(&self) -> Vec<&str> {
@@ -422,6 +429,11 @@ impl Decider<'_> {
                 // the previous attempt's object is still going away: wait for it
                 break;
             }
+            match self.children_created(&t.action, draft)? {
+                Children::Ready => {}
+                Children::Skip => continue,
+                Children::Creating => break,
+            }
             if self.retry(t, draft)? {
                 return Ok(());
             }
@@ -456,8 +468,14 @@ impl Decider<'_> {
             return Err(Stop::Fail(DecideError {
                 category: Category::UnhandledError,
                 message: format!(
-                    "no transition of phase {} handles the error of `{}`: {}",
-                    phase.name, e.action, e.message
+                    "no transition of phase {} handles the error of `{}`{}: {}",
+                    phase.name,
+                    e.action,
+                    e.child
+                        .as_ref()
+                        .map(|c| format!(" (child {c})"))
+                        .unwrap_or_default(),
+                    e.message
                 ),
             }));
         }
@@ -467,6 +485,34 @@ impl Decider<'_> {
             draft.look_again_in(secs);
         }
         Ok(())
+    }
+
+    /// Whether the children a step creates exist and are ours: if one exists but is not ours,
+    /// or a create error is pending, the step is skipped; the first one absent is created (the
+    /// step waits for it).
+    fn children_created(
+        &mut self,
+        action: &crate::rules::ActionRules,
+        draft: &mut Draft,
+    ) -> Result<Children, Stop> {
+        for &(i, x) in &action.children {
+            if x != ExecutionAction::Create || self.s.child_owned(i) {
+                continue;
+            }
+            if self.s.child(i).is_some() || self.s.obs.error.is_some() {
+                return Ok(Children::Skip);
+            }
+            let c = &self.s.rules.children[i];
+            self.s.ensure(&c.object.deps)?;
+            let key = self.child_key(i)?;
+            let object = self.s.render_object(&c.object, &key)?;
+            draft.head.push(Effect::CreateChild {
+                child: c.name.clone(),
+                object,
+            });
+            return Ok(Children::Creating);
+        }
+        Ok(Children::Ready)
     }
 
     /// Step 7a: the engine's own status fields: where the execution object is, and recovery
@@ -536,6 +582,8 @@ impl Decider<'_> {
                 e,
                 Effect::DeleteExecution { .. }
                     | Effect::PatchExecution { .. }
+                    | Effect::DeleteChild { .. }
+                    | Effect::PatchChild { .. }
                     | Effect::Audit { .. }
             )
         });
@@ -543,7 +591,12 @@ impl Decider<'_> {
         if let Some(patch) = self.status_patch(&current, desired) {
             let at = head
                 .iter()
-                .position(|e| matches!(e, Effect::CreateExecution { .. }))
+                .position(|e| {
+                    matches!(
+                        e,
+                        Effect::CreateExecution { .. } | Effect::CreateChild { .. }
+                    )
+                })
                 .unwrap_or(head.len());
             head.insert(at, Effect::PatchStatus { patch });
         }
@@ -646,6 +699,40 @@ pub(super) fn validation(s: &mut Scope<'_>) -> Result<(), Stop> {
         }
     }
     Ok(())
+}
+
+/// The identity an object's name and namespace templates give (`object` names it in errors).
+fn identity(
+    s: &Scope<'_>,
+    ex: &crate::rules::ExecutionRules,
+    object: &str,
+) -> Result<ObjectKey, Stop> {
+    let ctx = s.ctx(None, None);
+    let t = &s.rules.templates;
+    let name = t.text(&ex.name, &ctx).map_err(template_error)?;
+    // a cluster-scoped object has no namespace
+    let namespace = match &ex.namespace {
+        Some(ns) => t.text(ns, &ctx).map_err(template_error)?,
+        None => String::new(),
+    };
+    let mut checks = vec![("name", &name, 253)];
+    if ex.namespace.is_some() {
+        checks.push(("namespace", &namespace, 63));
+    }
+    for (what, value, max) in checks {
+        if let Err(e) = check_dns_name(value, max) {
+            return Err(Stop::Fail(DecideError {
+                category: Category::ExecutionObjectInvalid,
+                message: format!("{object} {what} `{value}` {e}"),
+            }));
+        }
+    }
+    Ok(ObjectKey {
+        api_version: ex.api_version.clone(),
+        kind: ex.kind.clone(),
+        namespace,
+        name,
+    })
 }
 
 fn check_dns_name(s: &str, max: usize) -> Result<(), String> {

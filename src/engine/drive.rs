@@ -16,7 +16,8 @@
 //! methods (the controller's are), which is why the `async_fn_in_trait` lint is allowed here.
 
 use super::{
-    ActionError, Decision, Effect, LookupRequest, ObjectKey, Observation, decide, execution_key,
+    ActionError, Decision, Effect, LookupRequest, ObjectKey, Observation, child_keys, decide,
+    execution_key,
 };
 use crate::rules::Rules;
 use serde_json::{Map, Value, json};
@@ -96,7 +97,7 @@ pub enum DriveError<E> {
         /// The effect, in words.
         effect: String,
         /// The API server's answer.
-        error: ActionError,
+        error: Box<ActionError>,
     },
     /// The rules did not settle.
     #[error(transparent)]
@@ -146,13 +147,29 @@ pub async fn drive<W: World>(
             Ok(key) => world.execution(&key).await.map_err(DriveError::Backoff)?,
             Err(_) => None,
         };
-        if execution.is_some() && error.as_ref().is_some_and(already_exists) {
+        let mut children = Map::new();
+        for (c, key) in rules.children.iter().zip(child_keys(rules, &resource, now)) {
+            let object = match key {
+                Some(key) => world.execution(&key).await.map_err(DriveError::Backoff)?,
+                None => None,
+            };
+            children.insert(c.name.clone(), object.unwrap_or(Value::Null));
+        }
+        let there = |e: &ActionError| match &e.child {
+            None => execution.is_some(),
+            Some(c) => children.get(c).is_some_and(|o| !o.is_null()),
+        };
+        if error
+            .as_ref()
+            .is_some_and(|e| already_exists(e) && there(e))
+        {
             // the object is there after all: the decision adopts it or sees the race
             error = None;
         }
         let mut observation = Observation {
             resource,
             execution,
+            children,
             related: Map::new(),
             error: error.take(),
             lookups: Map::new(),
@@ -164,18 +181,28 @@ pub async fn drive<W: World>(
         }
         for effect in &decision.effects {
             match world.carry_out(effect).await {
-                Outcome::Done if matches!(effect, Effect::CreateExecution { .. }) => break,
+                Outcome::Done
+                    if matches!(
+                        effect,
+                        Effect::CreateExecution { .. } | Effect::CreateChild { .. }
+                    ) =>
+                {
+                    break;
+                }
                 Outcome::Done => {}
-                Outcome::Refused(e) => match refused(&e, effect) {
+                Outcome::Refused(mut e) => match refused(&e, effect) {
                     Refusal::Ignore => {}
                     Refusal::Observe => {
+                        if let Effect::CreateChild { child, .. } = effect {
+                            e.child = Some(child.clone());
+                        }
                         error = Some(e);
                         break;
                     }
                     Refusal::GiveUp => {
                         return Err(DriveError::Refused {
                             effect: describe(effect),
-                            error: e,
+                            error: Box::new(e),
                         });
                     }
                 },
@@ -256,11 +283,23 @@ enum Refusal {
 fn refused(e: &ActionError, effect: &Effect) -> Refusal {
     match effect {
         // gone already, or replaced by another object of the same name: not ours
-        Effect::DeleteExecution { .. } if e.code == 404 || e.code == 409 => Refusal::Ignore,
+        Effect::DeleteExecution { .. } | Effect::DeleteChild { .. }
+            if e.code == 404 || e.code == 409 =>
+        {
+            Refusal::Ignore
+        }
         // gone already: nothing left to patch
-        Effect::PatchExecution { .. } if e.code == 404 => Refusal::Ignore,
-        Effect::CreateExecution { .. } if already_exists(e) => Refusal::Observe,
-        Effect::CreateExecution { .. } if !super::is_transient(e.code) => Refusal::Observe,
+        Effect::PatchExecution { .. } | Effect::PatchChild { .. } if e.code == 404 => {
+            Refusal::Ignore
+        }
+        Effect::CreateExecution { .. } | Effect::CreateChild { .. } if already_exists(e) => {
+            Refusal::Observe
+        }
+        Effect::CreateExecution { .. } | Effect::CreateChild { .. }
+            if !super::is_transient(e.code) =>
+        {
+            Refusal::Observe
+        }
         _ => Refusal::GiveUp,
     }
 }
@@ -305,8 +344,16 @@ pub fn describe(effect: &Effect) -> String {
             Some(k) => format!("the create of {}", object(&k)),
             None => "the create of the execution object".into(),
         },
-        Effect::DeleteExecution { key, .. } => format!("the delete of {}", object(key)),
-        Effect::PatchExecution { key, .. } => format!("the patch of {}", object(key)),
+        Effect::CreateChild { child, object: o } => match ObjectKey::of(o) {
+            Some(k) => format!("the create of {} (child {child})", object(&k)),
+            None => format!("the create of child {child}"),
+        },
+        Effect::DeleteExecution { key, .. } | Effect::DeleteChild { key, .. } => {
+            format!("the delete of {}", object(key))
+        }
+        Effect::PatchExecution { key, .. } | Effect::PatchChild { key, .. } => {
+            format!("the patch of {}", object(key))
+        }
         Effect::PatchStatus { patch } => {
             format!("the status write {}", clip(&patch.to_string(), 200))
         }

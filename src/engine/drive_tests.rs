@@ -122,6 +122,7 @@ fn default_rules() -> Rules {
 
 fn refusal(code: u16, reason: &str) -> ActionError {
     ActionError {
+        child: None,
         action: "create".into(),
         code,
         reason: reason.into(),

@@ -10,7 +10,7 @@ use super::status::{self, Condition, conditions_mut, truncate};
 use super::{Category, DecideError, Effect, EventRecord, MetricRecord, ObjectKey};
 use crate::render::{RenderError, Templates};
 use crate::rules::model::{EventType, ExecutionAction, MetricKind};
-use crate::rules::{ActionRules, TmplTree};
+use crate::rules::{ActionRules, ChildRef, TmplTree};
 use minijinja::Value as JValue;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -100,6 +100,23 @@ impl Scope<'_> {
             }
         };
         let ctx = self.ctx(Some((vars, transition)), None);
+        for &(i, x) in action.children.iter().rev() {
+            if x == ExecutionAction::Delete
+                && self.child_owned(i)
+                && let Some(obj) = self.child(i)
+            {
+                let c = &self.rules.children[i];
+                let (key, uid) = observed_key(&c.object, obj);
+                out.insert(
+                    0,
+                    Effect::DeleteChild {
+                        child: c.name.clone(),
+                        key,
+                        uid,
+                    },
+                );
+            }
+        }
         if action.execution == Some(ExecutionAction::Delete)
             && self.owned
             && let Some(ex) = &self.obs.execution
@@ -121,12 +138,22 @@ impl Scope<'_> {
         ctx: &JValue,
         out: &mut Vec<Effect>,
     ) -> Result<(), Stop> {
-        let Some(ex) = self.obs.execution.as_ref().filter(|_| self.owned) else {
-            return Ok(());
-        };
-        for (_, tree) in &action.patch {
+        for (target, tree) in &action.patch {
+            let (object, rules, child) = match *target {
+                ChildRef::Lock => (
+                    self.obs.execution.as_ref().filter(|_| self.owned),
+                    &self.rules.execution,
+                    None,
+                ),
+                ChildRef::Child(i) => (
+                    self.child(i).filter(|_| self.child_owned(i)),
+                    &self.rules.children[i].object,
+                    Some(self.rules.children[i].name.clone()),
+                ),
+            };
+            let Some(ex) = object else { continue };
             let patch = render_patch(&self.rules.templates, tree, ctx).map_err(template_error)?;
-            let owner = &self.rules.execution.owner_labels;
+            let owner = &rules.owner_labels;
             for label in [&owner.name, &owner.namespace] {
                 if patch
                     .pointer("/metadata/labels")
@@ -141,28 +168,19 @@ impl Scope<'_> {
             let mut patched = ex.clone();
             status::apply_merge_patch(&mut patched, &patch);
             if &patched != ex {
-                let (key, _) = self.observed_key(ex);
-                out.push(Effect::PatchExecution { key, patch });
+                let (key, _) = observed_key(rules, ex);
+                out.push(match child {
+                    None => Effect::PatchExecution { key, patch },
+                    Some(child) => Effect::PatchChild { child, key, patch },
+                });
             }
         }
         Ok(())
     }
 
     pub(super) fn delete_execution(&self, ex: &Value) -> Effect {
-        let (key, uid) = self.observed_key(ex);
+        let (key, uid) = observed_key(&self.rules.execution, ex);
         Effect::DeleteExecution { key, uid }
-    }
-
-    /// The identity and uid of the execution object as observed.
-    fn observed_key(&self, ex: &Value) -> (ObjectKey, Option<String>) {
-        let field = |p: &str| ex.pointer(p).and_then(Value::as_str).map(str::to_string);
-        let key = ObjectKey {
-            api_version: self.rules.execution.api_version.clone(),
-            kind: self.rules.execution.kind.clone(),
-            namespace: field("/metadata/namespace").unwrap_or_default(),
-            name: field("/metadata/name").unwrap_or_default(),
-        };
-        (key, field("/metadata/uid"))
     }
 
     fn events(
@@ -299,16 +317,25 @@ impl Scope<'_> {
 
     /// The execution object, rendered and checked: its identity pinned, owner labels set.
     pub(super) fn render_execution(&self, key: &ObjectKey) -> Result<Value, Stop> {
+        self.render_object(&self.rules.execution, key)
+    }
+
+    /// A child, rendered and checked: its identity pinned, owner labels set.
+    pub(super) fn render_object(
+        &self,
+        ex: &crate::rules::ExecutionRules,
+        key: &ObjectKey,
+    ) -> Result<Value, Stop> {
         let ctx = self.ctx(None, None);
         let text = self
             .rules
             .templates
-            .render_text(self.rules.execution.template, &ctx)
+            .render_text(ex.template, &ctx)
             .map_err(template_error)?;
         let invalid = |m: String| {
             Stop::Fail(DecideError {
                 category: Category::ExecutionObjectInvalid,
-                message: format!("template {}: {m}", self.rules.raw.execution.template),
+                message: format!("template {}: {m}", ex.template_name),
             })
         };
         let mut obj: Value = serde_yaml::from_str(&text)
@@ -360,7 +387,7 @@ impl Scope<'_> {
                 .unwrap_or_default()
                 .to_string()
         };
-        let owner = &self.rules.execution.owner_labels;
+        let owner = &ex.owner_labels;
         labels.insert(owner.name.clone(), Value::String(rfield("name")));
         labels.insert(owner.namespace.clone(), Value::String(rfield("namespace")));
         for (k, v) in labels.iter() {
@@ -379,6 +406,18 @@ impl Scope<'_> {
         }
         Ok(obj)
     }
+}
+
+/// The identity and uid of an object as observed.
+fn observed_key(rules: &crate::rules::ExecutionRules, ex: &Value) -> (ObjectKey, Option<String>) {
+    let field = |p: &str| ex.pointer(p).and_then(Value::as_str).map(str::to_string);
+    let key = ObjectKey {
+        api_version: rules.api_version.clone(),
+        kind: rules.kind.clone(),
+        namespace: field("/metadata/namespace").unwrap_or_default(),
+        name: field("/metadata/name").unwrap_or_default(),
+    };
+    (key, field("/metadata/uid"))
 }
 
 /// Makes `obj[field]` equal `want`: fills it in when absent, refuses a different value.

@@ -175,9 +175,13 @@ pub struct DecisionView {
 
 /// Every related list the rules can read, for the shell to fill an observation with before
 /// [`explain`] (which reports values that need a list it lacks).
-pub fn related_requests_all(rules: &Rules, execution: Option<&Value>) -> Vec<RelatedRequest> {
+pub fn related_requests_all(
+    rules: &Rules,
+    execution: Option<&Value>,
+    children: &serde_json::Map<String, Value>,
+) -> Vec<RelatedRequest> {
     (0..rules.related.len())
-        .map(|i| related_requests(rules, i, execution))
+        .map(|i| related_requests(rules, i, execution, children))
         .collect()
 }
 

@@ -27,10 +27,10 @@ mod scope;
 mod security_tests;
 pub mod status;
 
-pub use decide::{ERROR_CONDITION, decide, execution_key};
+pub use decide::{ERROR_CONDITION, child_keys, decide, execution_key};
 pub use effects::render_tree;
 pub use lookups::{matches as lookup_matches, requests_all as lookup_requests_all};
-pub use scope::{phase_of, related_requests};
+pub use scope::{children_doc, phase_of, related_requests};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -42,6 +42,9 @@ pub struct Observation {
     pub resource: Value,
     /// The execution object with the deterministic name, if it exists.
     pub execution: Option<Value>,
+    /// The other named children, by name: each the object, or null when it does not exist
+    /// (a child missing from the map reads as null).
+    pub children: serde_json::Map<String, Value>,
     /// Related objects that were read, by list name: each a list of `{ref, object}` entries
     /// in the order of the references (`object` is null when not read or missing).
     pub related: serde_json::Map<String, Value>,
@@ -56,6 +59,9 @@ pub struct Observation {
 pub struct ActionError {
     /// `create` or `delete`.
     pub action: String,
+    /// The child acted on, when it is not the execution object (the lock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child: Option<String>,
     /// HTTP status code (0 when there was no response).
     pub code: u16,
     /// Kubernetes reason (`AlreadyExists`, `Forbidden`, `Invalid`, …).
@@ -76,6 +82,22 @@ pub struct ObjectKey {
     pub namespace: String,
     /// Name.
     pub name: String,
+}
+
+impl Effect {
+    /// The child a create, delete or patch acts on: its name in the rules (the lock's for the
+    /// execution object), none for other effects.
+    pub fn child<'a>(&'a self, lock: &'a str) -> Option<&'a str> {
+        match self {
+            Effect::CreateExecution { .. }
+            | Effect::DeleteExecution { .. }
+            | Effect::PatchExecution { .. } => Some(lock),
+            Effect::CreateChild { child, .. }
+            | Effect::DeleteChild { child, .. }
+            | Effect::PatchChild { child, .. } => Some(child),
+            _ => None,
+        }
+    }
 }
 
 impl ObjectKey {
@@ -179,6 +201,31 @@ pub enum Effect {
     },
     /// Patch the execution object with this JSON merge patch (NotFound is success).
     PatchExecution {
+        /// Which object.
+        key: ObjectKey,
+        /// The merge patch.
+        patch: Value,
+    },
+    /// Create a named child (AlreadyExists: read it and decide again).
+    CreateChild {
+        /// The child's name in the rules.
+        child: String,
+        /// The full object.
+        object: Value,
+    },
+    /// Delete a named child (NotFound is success).
+    DeleteChild {
+        /// The child's name in the rules.
+        child: String,
+        /// Which object.
+        key: ObjectKey,
+        /// Its uid, as a precondition.
+        uid: Option<String>,
+    },
+    /// Patch a named child with this JSON merge patch (NotFound is success).
+    PatchChild {
+        /// The child's name in the rules.
+        child: String,
         /// Which object.
         key: ObjectKey,
         /// The merge patch.

@@ -102,6 +102,8 @@ pub(super) struct Scope<'a> {
     pub attempt: u64,
     attempt_value: Value,
     error: Value,
+    /// Every child by name (the lock's included): the object, or null.
+    children_value: Value,
     phase_value: Value,
     now_value: Value,
     related: Bound,
@@ -154,9 +156,11 @@ impl<'a> Scope<'a> {
             .unwrap_or(Value::Null);
         let now_text = crate::time::format_secs(now);
         let attempt = super::attempts::observed_attempt(rules, &obs.resource);
+        let children_value = children_doc(rules, obs.execution.as_ref(), &obs.children);
         let base = context! {
             resource => JValue::from_serialize(&obs.resource),
             execution => JValue::from_serialize(&obs.execution),
+            children => JValue::from_serialize(&children_value),
             owned => JValue::from(owned),
             error => JValue::from_serialize(&error),
             settings => JValue::from_serialize(&rules.settings),
@@ -178,6 +182,7 @@ impl<'a> Scope<'a> {
             attempt,
             attempt_value: Value::from(attempt),
             error,
+            children_value,
             related: Bound {
                 tmpl: JValue::from_serialize(&obs.related),
                 json: related,
@@ -431,6 +436,20 @@ impl<'a> Scope<'a> {
         })
     }
 
+    /// Child `index` (of the rules' other children) as observed, if it exists.
+    pub fn child(&self, index: usize) -> Option<&Value> {
+        let c = self.rules.children.get(index)?;
+        self.obs.children.get(&c.name).filter(|v| !v.is_null())
+    }
+
+    /// Whether child `index` exists and is ours.
+    pub fn child_owned(&self, index: usize) -> bool {
+        match (self.child(index), self.rules.children.get(index)) {
+            (Some(obj), Some(c)) => owned_by(&c.object.owner_labels, &self.obs.resource, obj),
+            _ => false,
+        }
+    }
+
     /// The value of `transition` in templates.
     pub fn transition_value(&self, name: &str, to: &str) -> JValue {
         JValue::from_serialize(json!({"name": name, "from": self.phase_name, "to": to}))
@@ -468,6 +487,7 @@ impl Env for Scope<'_> {
             Root::Now => &self.now_value,
             Root::Object => &self.object.json,
             Root::Attempt => &self.attempt_value,
+            Root::Children => &self.children_value,
         })
     }
 
@@ -504,22 +524,62 @@ impl Env for Scope<'_> {
     }
 }
 
-/// The objects related list `index` refers to, given the execution object.
-pub fn related_requests(rules: &Rules, index: usize, execution: Option<&Value>) -> RelatedRequest {
+/// Every child by name, the lock's included (under its name): the object, or null.
+pub fn children_doc(
+    rules: &Rules,
+    execution: Option<&Value>,
+    children: &Map<String, Value>,
+) -> Value {
+    let mut m = Map::new();
+    m.insert(
+        rules.lock.clone(),
+        execution.cloned().unwrap_or(Value::Null),
+    );
+    for c in &rules.children {
+        m.insert(
+            c.name.clone(),
+            children.get(&c.name).cloned().unwrap_or(Value::Null),
+        );
+    }
+    Value::Object(m)
+}
+
+/// The objects related list `index` refers to, given the execution object and the other
+/// children (a list's `from` is rooted at one of them).
+pub fn related_requests(
+    rules: &Rules,
+    index: usize,
+    execution: Option<&Value>,
+    children: &Map<String, Value>,
+) -> RelatedRequest {
     let Some(r) = rules.related.get(index) else {
         return RelatedRequest {
             name: String::new(),
             entries: Vec::new(),
         };
     };
+    let all;
+    // the document `from` is evaluated on, and the object whose namespace is the default
+    let (doc, holder) = match r.from.root() {
+        Some(crate::expr::Root::Children) => {
+            all = children_doc(rules, execution, children);
+            let holder = r
+                .from
+                .key()
+                .and_then(|k| all.get(k))
+                .filter(|v| !v.is_null());
+            (holder.map(|_| &all), holder)
+        }
+        _ => (execution, execution),
+    };
     let mut entries = Vec::new();
-    if let Some(ex) = execution {
-        let ex_ns = ex
+    if let (Some(doc), Some(holder)) = (doc, holder) {
+        let ex_ns = holder
             .pointer("/metadata/namespace")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        for entry in r.from.select(ex) {
+        for entry in r.from.select(doc) {
             let wanted = match &r.filter {
                 Some(f) => f.eval(&NoEnv, Some(entry)).unwrap_or(false),
                 None => true,
@@ -568,14 +628,22 @@ impl Env for NoEnv {
 
 /// Whether the execution object carries the owner labels of this resource.
 fn is_owned(rules: &Rules, resource: &Value, execution: &Value) -> bool {
-    let labels = execution.pointer("/metadata/labels");
+    owned_by(&rules.execution.owner_labels, resource, execution)
+}
+
+/// Whether an object carries these owner labels of this resource.
+pub(super) fn owned_by(
+    owner: &crate::rules::model::OwnerLabels,
+    resource: &Value,
+    object: &Value,
+) -> bool {
+    let labels = object.pointer("/metadata/labels");
     let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
     let meta = |k: &str| {
         resource
             .pointer(&format!("/metadata/{k}"))
             .and_then(Value::as_str)
     };
-    let owner = &rules.execution.owner_labels;
     // a cluster-scoped resource has no namespace: its label is empty, and either side missing
     // reads as empty
     label(&owner.name).is_some()

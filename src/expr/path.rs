@@ -35,11 +35,13 @@ pub enum Root {
     Object,
     /// The attempt number (1 for the first attempt).
     Attempt,
+    /// The named children, by name: each the object, or `null` when there is none.
+    Children,
 }
 
 impl Root {
     /// Every root, in documentation order.
-    pub const ALL: [Root; 13] = [
+    pub const ALL: [Root; 14] = [
         Root::Resource,
         Root::Execution,
         Root::Owned,
@@ -53,6 +55,7 @@ impl Root {
         Root::Now,
         Root::Object,
         Root::Attempt,
+        Root::Children,
     ];
 
     /// The name used in paths and templates.
@@ -71,6 +74,7 @@ impl Root {
             Root::Now => "now",
             Root::Object => "object",
             Root::Attempt => "attempt",
+            Root::Children => "children",
         }
     }
 
@@ -93,7 +97,7 @@ pub enum PathError {
     },
     /// The first segment does not name a document.
     #[error(
-        "JSONPath `{0}` must start with `$.` followed by one of: resource, execution, owned, related, error, validation, values, settings, phase, now, object"
+        "JSONPath `{0}` must start with `$.` followed by one of: resource, execution, children, owned, related, lookups, error, validation, values, settings, phase, now, object, attempt"
     )]
     UnknownRoot(String),
 }

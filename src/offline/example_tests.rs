@@ -291,3 +291,23 @@ fn the_router_keeps_the_default_lifecycle_but_for_the_lost_race_and_its_gauge() 
         "{passed} passed, {gauge} differ by the gauge"
     );
 }
+
+#[test]
+fn simulate_creates_the_config_map_then_the_job_and_follows_the_job() {
+    let (status, creates) = simulate(
+        "examples/configured-job-lifecycle.yaml",
+        "examples/configured-job.yaml",
+        &["failed:DeadlineExceeded:too slow"],
+    );
+    let created: Vec<&str> = creates.iter().map(|(_, d)| d.as_str()).collect();
+    assert_eq!(
+        created,
+        vec![
+            "ConfigMap default/report-config (child config)",
+            "Job default/report-job (lock held)"
+        ]
+    );
+    assert_eq!(status["phase"], "Failed", "{status}");
+    assert_eq!(status["failure"]["reason"], "DeadlineExceeded", "{status}");
+    assert_eq!(status["configMap"], "report-config", "{status}");
+}

@@ -51,8 +51,19 @@ pub fn observation(rules: &Rules, resource: Value, objects: &[Value], now: f64) 
     let execution = execution_key(rules, &resource, now)
         .ok()
         .and_then(|k| get(&k));
+    let children: Map<String, Value> = rules
+        .children
+        .iter()
+        .zip(crate::engine::child_keys(rules, &resource, now))
+        .map(|(c, key)| {
+            (
+                c.name.clone(),
+                key.and_then(|k| get(&k)).unwrap_or(Value::Null),
+            )
+        })
+        .collect();
     let mut related = Map::new();
-    for request in related_requests_all(rules, execution.as_ref()) {
+    for request in related_requests_all(rules, execution.as_ref(), &children) {
         let list = request
             .entries
             .iter()
@@ -73,6 +84,7 @@ pub fn observation(rules: &Rules, resource: Value, objects: &[Value], now: f64) 
     Observation {
         resource,
         execution,
+        children,
         related,
         error: None,
         lookups,

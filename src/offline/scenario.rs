@@ -70,6 +70,13 @@ pub struct Step {
     /// Delete the execution object.
     #[serde(default)]
     pub delete_execution: bool,
+    /// Merge patches applied to children, by child name (the lock's name, or `execution`,
+    /// patches the execution object).
+    #[serde(default)]
+    pub patch_children: IndexMap<String, Value>,
+    /// Delete these children (someone else did).
+    #[serde(default)]
+    pub delete_children: Vec<String>,
     /// Request deletion of the resource.
     #[serde(default)]
     pub delete_resource: bool,
@@ -129,6 +136,12 @@ pub struct Expect {
     /// JSONPath (on the execution object) → expected value.
     #[serde(default)]
     pub execution: IndexMap<String, Value>,
+    /// Whether each named child exists, by child name.
+    #[serde(default)]
+    pub children_exist: IndexMap<String, bool>,
+    /// JSONPath (on a child) → expected value, by child name.
+    #[serde(default)]
+    pub children: IndexMap<String, IndexMap<String, Value>>,
     /// Whether the resource still exists.
     #[serde(default)]
     pub resource_exists: Option<bool>,
@@ -342,10 +355,26 @@ fn run_step(rules: &Rules, world: &mut World<'_>, step: &Step) -> Result<(), Str
     if step.delete_execution && !world.delete_execution() {
         return Err("deleteExecution: the execution object does not exist".into());
     }
+    for (name, p) in &step.patch_children {
+        let key = world.child_key(name)?;
+        let obj = world
+            .objects
+            .get_mut(&key)
+            .ok_or(format!("patchChildren: child `{name}` does not exist"))?;
+        crate::engine::status::apply_merge_patch(obj, p);
+        world.remove_finalized();
+    }
+    for name in &step.delete_children {
+        let key = world.child_key(name)?;
+        if !world.delete_object(&key) {
+            return Err(format!("deleteChildren: child `{name}` does not exist"));
+        }
+    }
     if let Some(f) = &step.fail_next {
         world.fail_next.insert(
             f.action.clone(),
             crate::engine::ActionError {
+                child: None,
                 action: f.action.clone(),
                 code: f.code,
                 reason: f.reason.clone(),
@@ -438,6 +467,22 @@ fn run_step(rules: &Rules, world: &mut World<'_>, step: &Step) -> Result<(), Str
     let ex = execution.unwrap_or(Value::Null);
     for (path, want) in &expect.execution {
         check_path(&ex, path, want, "execution", &mut problems);
+    }
+    for (name, want) in &expect.children_exist {
+        let key = world.child_key(name)?;
+        if *want != world.objects.contains_key(&key) {
+            problems.push(format!(
+                "expected child `{name}` to {}",
+                if *want { "exist" } else { "be absent" }
+            ));
+        }
+    }
+    for (name, paths) in &expect.children {
+        let key = world.child_key(name)?;
+        let child = world.objects.get(&key).cloned().unwrap_or(Value::Null);
+        for (path, want) in paths {
+            check_path(&child, path, want, &format!("child {name}"), &mut problems);
+        }
     }
     if let Some(want) = &expect.events {
         let got: Vec<Value> = effects
@@ -533,6 +578,9 @@ fn effect_name(e: &Effect) -> &'static str {
         Effect::CreateExecution { .. } => "createExecution",
         Effect::DeleteExecution { .. } => "deleteExecution",
         Effect::PatchExecution { .. } => "patchExecution",
+        Effect::CreateChild { .. } => "createChild",
+        Effect::DeleteChild { .. } => "deleteChild",
+        Effect::PatchChild { .. } => "patchChild",
         Effect::PatchStatus { .. } => "patchStatus",
         Effect::Event(_) => "event",
         Effect::Audit { .. } => "audit",

@@ -55,6 +55,8 @@ pub struct World<'r> {
     /// The execution object's identity while the resource was last there, so that it can
     /// still be found once the resource is gone (an object the deletion kept).
     last_execution_key: Option<ObjectKey>,
+    /// Likewise for the other children.
+    last_child_keys: Vec<Option<ObjectKey>>,
 }
 
 impl<'r> World<'r> {
@@ -73,6 +75,7 @@ impl<'r> World<'r> {
             next_uid: 1,
             resource_version: 1,
             last_execution_key: None,
+            last_child_keys: Vec::new(),
         };
         let resource = w.stamp(resource);
         w.resource = Some(resource);
@@ -160,6 +163,44 @@ impl<'r> World<'r> {
             Some(r) => engine::execution_key(self.rules, r, self.now).ok(),
             None => self.last_execution_key.clone(),
         }
+    }
+
+    /// The identity of the child of this name (the lock's name, or `execution`, is the
+    /// execution object); an unknown name is an error naming the children.
+    pub fn child_key(&self, name: &str) -> Result<ObjectKey, String> {
+        let rules = self.rules;
+        if name == rules.lock || name == "execution" {
+            return self
+                .execution_key()
+                .ok_or_else(|| "the resource has no execution object".to_string());
+        }
+        let Some(i) = rules.children.iter().position(|c| c.name == name) else {
+            return Err(format!(
+                "unknown child `{name}` (children: {})",
+                rules.child_names().join(", ")
+            ));
+        };
+        let keys = match &self.resource {
+            Some(r) => engine::child_keys(rules, r, self.now),
+            None => self.last_child_keys.clone(),
+        };
+        keys.get(i)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| format!("the name of child `{name}` does not render"))
+    }
+
+    /// Removes an object (as if someone else deleted it); false when there is none.
+    pub fn delete_object(&mut self, k: &ObjectKey) -> bool {
+        let removed = self.objects.remove(k).is_some();
+        if removed {
+            self.note(
+                "world",
+                format!("{} {}/{} deleted externally", k.kind, k.namespace, k.name),
+                Value::Null,
+            );
+        }
+        removed
     }
 
     /// The resource's status (null when it has none or is gone).
@@ -333,6 +374,136 @@ impl<'r> World<'r> {
             .to_string()
     }
 
+    /// Creates an object, as the API server would (AlreadyExists when the name is taken).
+    fn create(&mut self, object: &Value, data: Value, held: &str) -> Outcome<Infallible> {
+        let Some(key) = ObjectKey::of(object) else {
+            return Outcome::Refused(ActionError {
+                child: None,
+                action: "create".into(),
+                code: 422,
+                reason: "Invalid".into(),
+                message: "object has no name".into(),
+            });
+        };
+        if let Some(err) = self.fail_next.remove("create") {
+            self.note(
+                "create",
+                format!("failed: {} {} {}", err.code, err.reason, err.message),
+                data,
+            );
+            return Outcome::Refused(err);
+        }
+        if self.objects.contains_key(&key) {
+            self.note(
+                "create",
+                format!("{} {}/{} already exists", key.kind, key.namespace, key.name),
+                data,
+            );
+            return Outcome::Refused(ActionError {
+                child: None,
+                action: "create".into(),
+                code: 409,
+                reason: "AlreadyExists".into(),
+                message: format!("{} \"{}\" already exists", key.kind, key.name),
+            });
+        }
+        self.note(
+            "create",
+            format!("{} {}/{} ({held})", key.kind, key.namespace, key.name),
+            data,
+        );
+        let obj = self.stamp(object.clone());
+        self.objects.insert(key, obj);
+        Outcome::Done
+    }
+
+    /// Patches an object (NotFound counts as done).
+    fn patch(&mut self, key: &ObjectKey, patch: &Value, data: Value) -> Outcome<Infallible> {
+        if let Some(err) = self.fail_next.remove("patch") {
+            self.note(
+                "patch",
+                format!("failed: {} {}", err.code, err.message),
+                data,
+            );
+            return Outcome::Refused(err);
+        }
+        let what = format!("{} {}/{}", key.kind, key.namespace, key.name);
+        match self.objects.get(key).cloned() {
+            Some(mut obj) => {
+                crate::engine::status::apply_merge_patch(&mut obj, patch);
+                let obj = self.stamp(obj);
+                self.objects.insert(key.clone(), obj);
+                self.note("patch", format!("{what} {patch}"), data);
+            }
+            None => self.note("patch", format!("{what} was already gone"), data),
+        }
+        Outcome::Done
+    }
+
+    /// Deletes an object if its uid matches; one with finalizers is only marked deleted.
+    fn delete(
+        &mut self,
+        key: &ObjectKey,
+        uid: Option<&str>,
+        data: Value,
+        released: &str,
+    ) -> Outcome<Infallible> {
+        if let Some(err) = self.fail_next.remove("delete") {
+            self.note(
+                "delete",
+                format!("failed: {} {}", err.code, err.message),
+                data,
+            );
+            return Outcome::Refused(err);
+        }
+        let matches = self.objects.get(key).is_some_and(|o| {
+            uid.is_none() || o.pointer("/metadata/uid").and_then(Value::as_str) == uid
+        });
+        let held = self.objects.get(key).is_some_and(|o| {
+            o.pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty())
+        });
+        if matches && held {
+            // as the API server does: an object with finalizers is only marked deleted
+            let now = crate::time::format_secs(self.now);
+            if let Some(meta) = self
+                .objects
+                .get_mut(key)
+                .and_then(|o| o.get_mut("metadata"))
+                .and_then(Value::as_object_mut)
+            {
+                meta.entry("deletionTimestamp")
+                    .or_insert(Value::String(now));
+            }
+            self.note(
+                "delete",
+                format!(
+                    "{} {}/{} is terminating (it has finalizers)",
+                    key.kind, key.namespace, key.name
+                ),
+                data,
+            );
+        } else if matches {
+            self.objects.remove(key);
+            self.note(
+                "delete",
+                format!("{} {}/{} ({released})", key.kind, key.namespace, key.name),
+                data,
+            );
+        } else {
+            self.note(
+                "delete",
+                format!(
+                    "{} {}/{} was already gone",
+                    key.kind, key.namespace, key.name
+                ),
+                data,
+            );
+        }
+        Outcome::Done
+    }
+
     /// Carries out one effect the way the controller does.
     fn apply(&mut self, effect: &Effect) -> Outcome<Infallible> {
         self.effects.push((self.now, effect.clone()));
@@ -366,127 +537,28 @@ impl<'r> World<'r> {
                 self.note("finalizer", format!("removed {finalizer}"), data);
                 if gone {
                     self.last_execution_key = self.execution_key();
+                    if let Some(r) = &self.resource {
+                        self.last_child_keys = engine::child_keys(self.rules, r, self.now);
+                    }
                     self.resource = None;
                     self.note("gone", "resource removed".into(), Value::Null);
                     return Outcome::Gone;
                 }
             }
             Effect::CreateExecution { object } => {
-                let Some(key) = ObjectKey::of(object) else {
-                    return Outcome::Refused(ActionError {
-                        action: "create".into(),
-                        code: 422,
-                        reason: "Invalid".into(),
-                        message: "object has no name".into(),
-                    });
-                };
-                if let Some(err) = self.fail_next.remove("create") {
-                    self.note(
-                        "create",
-                        format!("failed: {} {} {}", err.code, err.reason, err.message),
-                        data,
-                    );
-                    return Outcome::Refused(err);
-                }
-                if self.objects.contains_key(&key) {
-                    self.note(
-                        "create",
-                        format!("{} {}/{} already exists", key.kind, key.namespace, key.name),
-                        data,
-                    );
-                    return Outcome::Refused(ActionError {
-                        action: "create".into(),
-                        code: 409,
-                        reason: "AlreadyExists".into(),
-                        message: format!("{} \"{}\" already exists", key.kind, key.name),
-                    });
-                }
-                self.note(
-                    "create",
-                    format!("{} {}/{} (lock held)", key.kind, key.namespace, key.name),
-                    data,
-                );
-                let obj = self.stamp(object.clone());
-                self.objects.insert(key, obj);
+                return self.create(object, data, "lock held");
             }
-            Effect::PatchExecution { key, patch } => {
-                if let Some(err) = self.fail_next.remove("patch") {
-                    self.note(
-                        "patch",
-                        format!("failed: {} {}", err.code, err.message),
-                        data,
-                    );
-                    return Outcome::Refused(err);
-                }
-                let what = format!("{} {}/{}", key.kind, key.namespace, key.name);
-                match self.objects.get(key).cloned() {
-                    Some(mut obj) => {
-                        crate::engine::status::apply_merge_patch(&mut obj, patch);
-                        let obj = self.stamp(obj);
-                        self.objects.insert(key.clone(), obj);
-                        self.note("patch", format!("{what} {patch}"), data);
-                    }
-                    None => self.note("patch", format!("{what} was already gone"), data),
-                }
+            Effect::CreateChild { child, object } => {
+                return self.create(object, data, &format!("child {child}"));
+            }
+            Effect::PatchExecution { key, patch } | Effect::PatchChild { key, patch, .. } => {
+                return self.patch(key, patch, data);
             }
             Effect::DeleteExecution { key, uid } => {
-                if let Some(err) = self.fail_next.remove("delete") {
-                    self.note(
-                        "delete",
-                        format!("failed: {} {}", err.code, err.message),
-                        data,
-                    );
-                    return Outcome::Refused(err);
-                }
-                let matches = self.objects.get(key).is_some_and(|o| {
-                    uid.is_none()
-                        || o.pointer("/metadata/uid").and_then(Value::as_str) == uid.as_deref()
-                });
-                let held = self.objects.get(key).is_some_and(|o| {
-                    o.pointer("/metadata/finalizers")
-                        .and_then(Value::as_array)
-                        .is_some_and(|a| !a.is_empty())
-                });
-                if matches && held {
-                    // as the API server does: an object with finalizers is only marked deleted
-                    let now = crate::time::format_secs(self.now);
-                    if let Some(meta) = self
-                        .objects
-                        .get_mut(key)
-                        .and_then(|o| o.get_mut("metadata"))
-                        .and_then(Value::as_object_mut)
-                    {
-                        meta.entry("deletionTimestamp")
-                            .or_insert(Value::String(now));
-                    }
-                    self.note(
-                        "delete",
-                        format!(
-                            "{} {}/{} is terminating (it has finalizers)",
-                            key.kind, key.namespace, key.name
-                        ),
-                        data,
-                    );
-                } else if matches {
-                    self.objects.remove(key);
-                    self.note(
-                        "delete",
-                        format!(
-                            "{} {}/{} (lock released)",
-                            key.kind, key.namespace, key.name
-                        ),
-                        data,
-                    );
-                } else {
-                    self.note(
-                        "delete",
-                        format!(
-                            "{} {}/{} was already gone",
-                            key.kind, key.namespace, key.name
-                        ),
-                        data,
-                    );
-                }
+                return self.delete(key, uid.as_deref(), data, "lock released");
+            }
+            Effect::DeleteChild { child, key, uid } => {
+                return self.delete(key, uid.as_deref(), data, &format!("child {child}"));
             }
             Effect::PatchStatus { patch } => {
                 let fields = changed_fields(patch, "");

@@ -191,6 +191,7 @@ impl Compiler<'_> {
             Root::Settings => (&self.setting_names, "setting", "settings"),
             Root::Related => (&self.related_names, "related object list", "related"),
             Root::Lookups => (&self.lookup_names, "lookup", "lookups"),
+            Root::Children => (&self.child_names, "child", "children"),
             _ => return None,
         };
         if known.iter().any(|k| k == name) || self.broken.contains(&format!("{section}.{name}")) {
@@ -312,6 +313,16 @@ impl Compiler<'_> {
                 self.problem(
                     &at.key("release").key("execution"),
                     "a release cannot create the execution object",
+                );
+            }
+            if c.release
+                .children
+                .iter()
+                .any(|&(_, x)| x == ExecutionAction::Create)
+            {
+                self.problem(
+                    &at.key("release").key("children"),
+                    "a release cannot create children",
                 );
             }
         }

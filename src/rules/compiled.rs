@@ -56,12 +56,32 @@ pub struct ExecutionRules {
     pub name: Tmpl,
     /// Template id of the object body.
     pub template: usize,
+    /// The template file's name, for messages.
+    pub template_name: String,
     /// Owner labels.
     pub owner_labels: OwnerLabels,
     /// What the name, namespace and body read.
     pub deps: Deps,
     /// Top-level fields of the execution object the rules read (`None`: all).
     pub reads: super::watch::FieldReads,
+}
+
+/// A named child other than the lock (the lock is [`super::Rules::execution`]).
+#[derive(Debug, Clone)]
+pub struct ChildRules {
+    /// Name (`children.NAME`).
+    pub name: String,
+    /// Its identity, body and owner labels, as the lock's.
+    pub object: ExecutionRules,
+}
+
+/// The object a patch or a related list's `from` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildRef {
+    /// The lock (`execution`).
+    Lock,
+    /// A child other than the lock (index into [`super::Rules::children`]).
+    Child(usize),
 }
 
 /// Related objects.
@@ -73,7 +93,9 @@ pub struct RelatedRules {
     pub api_version: String,
     /// Kind.
     pub kind: String,
-    /// Selects the reference entries.
+    /// The object the references are in.
+    pub from_child: ChildRef,
+    /// Selects the reference entries (inside that object).
     pub from: JPath,
     /// Name inside an entry.
     pub name_path: JPath,
@@ -260,10 +282,12 @@ pub struct MetricRules {
 pub struct ActionRules {
     /// Variables.
     pub vars: Vec<(String, Tmpl)>,
-    /// Execution object action.
+    /// Execution object (lock) action.
     pub execution: Option<ExecutionAction>,
-    /// Merge patches, by object name (`execution`).
-    pub patch: Vec<(String, TmplTree)>,
+    /// Actions on the other children (index into [`super::Rules::children`]), in order.
+    pub children: Vec<(usize, ExecutionAction)>,
+    /// Merge patches, by object.
+    pub patch: Vec<(ChildRef, TmplTree)>,
     /// Status to set (several trees, applied in order).
     pub status: Vec<TmplTree>,
     /// Conditions.

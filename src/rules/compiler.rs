@@ -56,6 +56,10 @@ pub(crate) struct Compiler<'a> {
     pub(crate) lookup_names: Vec<String>,
     /// Names of `settings`.
     pub(crate) setting_names: Vec<String>,
+    /// Names `children.NAME` accepts, the lock's first.
+    pub(crate) child_names: Vec<String>,
+    /// The lock child's name (`execution` for the shorthand).
+    pub(crate) lock_name: String,
     /// Names of entries that failed to parse, so that references to them are not reported.
     pub(crate) broken: BTreeSet<String>,
     /// The templates folder, to name a template file in problems.
@@ -82,6 +86,8 @@ pub(crate) fn compile(
         related_names: Vec::new(),
         lookup_names: Vec::new(),
         setting_names: Vec::new(),
+        child_names: Vec::new(),
+        lock_name: String::new(),
         broken: BTreeSet::new(),
         templates_dir: sources.templates_dir.clone(),
         execution_reads: Some(BTreeSet::new()),
@@ -128,7 +134,7 @@ impl Compiler<'_> {
         self.related_names = raw.related.keys().cloned().collect();
         self.lookup_names = raw.lookups.keys().cloned().collect();
         let resource = self.compile_resource(&raw.resource);
-        let execution = self.compile_execution(&raw.execution);
+        let (execution, children) = self.compile_children(&raw);
         let related = self.compile_related(&raw.related);
         let lookups = self.compile_lookups(
             &raw.lookups,
@@ -160,6 +166,8 @@ impl Compiler<'_> {
             settings,
             resource,
             execution,
+            lock: self.lock_name.clone(),
+            children,
             related,
             lookups,
             validation,
@@ -278,6 +286,7 @@ impl Compiler<'_> {
                         Some((&self.related_names, "related object list", "related"))
                     }
                     Some(Root::Lookups) => Some((&self.lookup_names, "lookup", "lookups")),
+                    Some(Root::Children) => Some((&self.child_names, "child", "children")),
                     _ => None,
                 };
                 if let (Some((known, what, section)), Some(key)) = (names, p.key())

@@ -152,6 +152,19 @@ impl Compiler<'_> {
         }
         of_template(rules.execution.template, &mut ex);
         rules.execution.deps = ex;
+        let mut child_deps = Vec::new();
+        for c in &rules.children {
+            let mut d = Deps::default();
+            of_tmpl(&c.object.name, &mut d);
+            if let Some(ns) = &c.object.namespace {
+                of_tmpl(ns, &mut d);
+            }
+            of_template(c.object.template, &mut d);
+            child_deps.push(d);
+        }
+        for (c, d) in rules.children.iter_mut().zip(child_deps) {
+            c.object.deps = d;
+        }
         for v in &mut rules.validation {
             let mut d = Deps::default();
             of_pred(&v.require, &mut d);

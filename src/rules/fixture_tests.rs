@@ -687,6 +687,15 @@ fn the_cancel_on_delete_scenarios_pass() {
     );
 }
 
+#[test]
+fn the_two_children_scenarios_pass() {
+    example_scenarios_pass(
+        "examples/configured-job-lifecycle.yaml",
+        "tests/lifecycle-children",
+        6,
+    );
+}
+
 /// Every scenario of `dir` passes against the example rules `rules` (at least `min` of them).
 fn example_scenarios_pass(rules: &str, dir: &str, min: usize) {
     let rules = root().join(rules);

@@ -37,10 +37,10 @@ mod suggest;
 mod watch;
 
 pub use compiled::{
-    ActionRules, AuditRules, ConditionRules, CooldownRules, Deps, EventRules, ExecutionRules,
-    LookupNamespace, LookupRules, MatcherRules, MetricRules, PhaseRules, RelatedRules,
-    ResourceRules, RetryRules, RolloutRules, SimulatedChangeRules, SimulationRules, TableRules,
-    TmplTree, TransitionRules, ValidationRules, ValueKind, ValueRules,
+    ActionRules, AuditRules, ChildRef, ChildRules, ConditionRules, CooldownRules, Deps, EventRules,
+    ExecutionRules, LookupNamespace, LookupRules, MatcherRules, MetricRules, PhaseRules,
+    RelatedRules, ResourceRules, RetryRules, RolloutRules, SimulatedChangeRules, SimulationRules,
+    TableRules, TmplTree, TransitionRules, ValidationRules, ValueKind, ValueRules,
 };
 pub use crd::{KindSchema, find_kind_schema, status_problems};
 pub use schema::json_schema;
@@ -147,8 +147,12 @@ pub struct Rules {
     pub settings: Value,
     /// The governed resource.
     pub resource: ResourceRules,
-    /// The execution object.
+    /// The execution object: the lock child (`execution`, or the child with `lock: true`).
     pub execution: ExecutionRules,
+    /// The lock child's name (`execution` for the shorthand).
+    pub lock: String,
+    /// The other named children, in the order of the rules file.
+    pub children: Vec<ChildRules>,
     /// Related objects.
     pub related: Vec<RelatedRules>,
     /// Lookups of other objects.
@@ -206,6 +210,13 @@ impl Rules {
                 .find(|(old, _)| old == name)
                 .map(|&(_, i)| i)
         })
+    }
+
+    /// The names `children.NAME` accepts: the lock's, then the others'.
+    pub fn child_names(&self) -> Vec<&str> {
+        std::iter::once(self.lock.as_str())
+            .chain(self.children.iter().map(|c| c.name.as_str()))
+            .collect()
     }
 
     /// The templates folder the rules were read from, for reload watching.

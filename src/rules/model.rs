@@ -30,8 +30,16 @@ pub struct RulesFile {
     pub settings: IndexMap<String, Setting>,
     /// The governed custom resource.
     pub resource: ResourceSpec,
-    /// The object created to carry out a resource (one per lock: its name is the lock).
-    pub execution: ExecutionSpec,
+    /// The object created to carry out a resource (one per lock: its name is the lock): the
+    /// shorthand for one child named `execution` that is the lock. Required unless `children`
+    /// names the lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<ExecutionSpec>,
+    /// Named children: objects a resource creates, patches and deletes through its transitions
+    /// (`children.NAME` in templates, `$.children.NAME` in paths). One of them (or `execution`)
+    /// is the lock.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub children: IndexMap<String, ChildSpec>,
     /// Objects read on demand, listed by references inside the execution object.
     #[serde(default)]
     pub related: IndexMap<String, RelatedSpec>,
@@ -214,8 +222,46 @@ pub struct ExecutionSpec {
     pub owner_labels: OwnerLabels,
 }
 
+/// A named child: an object a resource creates from a template, named deterministically.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ChildSpec {
+    /// `group/version` of the child.
+    pub api_version: String,
+    /// Kind of the child.
+    pub kind: String,
+    /// Namespace template. Absent: the child is cluster-scoped and created without a namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name template. Must be deterministic: the same resource always yields the same name.
+    pub name: String,
+    /// Template file (in the templates folder) rendering the whole object as YAML.
+    pub template: String,
+    /// Labels that map the child back to its resource; they are also the ownership test.
+    pub owner_labels: OwnerLabels,
+    /// This child is the lock: `execution`, `owned`, `object` and `error` read it, the
+    /// cooldown keeps it, retries replace it and `simulation` plays it. Exactly one child is
+    /// the lock when there is no `execution`; none when there is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lock: bool,
+}
+
+impl ChildSpec {
+    /// The child as an execution object (the lock's form).
+    pub fn as_execution(&self) -> ExecutionSpec {
+        ExecutionSpec {
+            api_version: self.api_version.clone(),
+            kind: self.kind.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            template: self.template.clone(),
+            owner_labels: self.owner_labels.clone(),
+        }
+    }
+}
+
 /// Labels written on the execution object naming the resource that owns it.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OwnerLabels {
     /// Label holding the resource's name.
@@ -548,7 +594,12 @@ macro_rules! action_struct {
             /// Create or delete the execution object.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub execution: Option<ExecutionAction>,
-            /// JSON merge patches of created objects, by object (`execution`): nested maps whose
+            /// Create or delete named children, by name (`create` waits until each exists and
+            /// is ours).
+            #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+            pub children: IndexMap<String, ExecutionAction>,
+            /// JSON merge patches of created objects, by child name (`execution` for the
+            /// lock): nested maps whose
             /// leaves are templates or literals. Sent when the object exists, is ours, and the
             /// patch would change it.
             #[serde(default, skip_serializing_if = "IndexMap::is_empty")]

@@ -123,6 +123,7 @@ impl Compiler<'_> {
             "settings",
             "resource",
             "execution",
+            "children",
             "related",
             "lookups",
             "validation",
@@ -183,7 +184,19 @@ impl Compiler<'_> {
             );
         }
         let resource = required!("resource", ResourceSpec);
-        let execution = required!("execution", ExecutionSpec);
+        let execution: Option<ExecutionSpec> = get("execution").and_then(|v| {
+            let r = self.de(v, &root.key("execution"));
+            ok &= r.is_some();
+            r
+        });
+        let children = self.de_map::<ChildSpec>(get("children"), "children");
+        if execution.is_none() && get("execution").is_none() && children.is_empty() {
+            self.problem(
+                &root,
+                "missing field `execution` (or `children` with one child that is the `lock`)",
+            );
+            ok = false;
+        }
         let description = get("description").and_then(|v| self.de(v, &root.key("description")));
         let templates = get("templates").and_then(|v| self.de(v, &root.key("templates")));
         let cooldown = get("cooldown").and_then(|v| {
@@ -254,7 +267,8 @@ impl Compiler<'_> {
             templates,
             settings,
             resource: resource?,
-            execution: execution?,
+            execution,
+            children,
             related,
             lookups,
             validation,

@@ -112,6 +112,34 @@ impl Rules {
                 None => out.push(wanted),
             }
         }
+        // the other children: ours only (they carry their owner labels), read whole
+        for c in &self.children {
+            let ex = &c.object;
+            let owner = &ex.owner_labels;
+            let ctx = minijinja::context! {
+                settings => minijinja::Value::from_serialize(&self.settings),
+            };
+            let namespace = ex
+                .namespace
+                .as_ref()
+                .and_then(|ns| self.templates.text(ns, &ctx).ok())
+                .filter(|s| !s.is_empty());
+            let wanted = WatchedKind {
+                api_version: ex.api_version.clone(),
+                kind: ex.kind.clone(),
+                role: format!("child `{}`", c.name),
+                namespace,
+                labels: Some(format!("{},{}", owner.name, owner.namespace)),
+                fields: None,
+            };
+            match out
+                .iter_mut()
+                .find(|w| w.api_version == wanted.api_version && w.kind == wanted.kind)
+            {
+                Some(w) => w.widen(&wanted),
+                None => out.push(wanted),
+            }
+        }
         // lookups find objects anywhere, by any labels, and read them whole; the governed kind
         // is served from the controller's own cache of it
         for l in &self.lookups {
@@ -149,6 +177,10 @@ impl Compiler<'_> {
         if p.root() == Some(Root::Execution) && !(self.existence_only && p.key().is_none()) {
             note_read(&mut self.execution_reads, p.key());
         }
+        // the lock read as a child (or all children): kept whole
+        if p.root() == Some(Root::Children) && p.key().is_none_or(|k| k == self.lock_name) {
+            note_read(&mut self.execution_reads, None);
+        }
     }
 
     /// What the templates in use read of the execution object (following includes); called
@@ -158,8 +190,12 @@ impl Compiler<'_> {
         for (id, ..) in &self.uses {
             for var in rules.templates.variables(*id) {
                 let mut parts = var.split('.');
-                if parts.next() == Some("execution") {
-                    note_read(&mut reads, parts.next());
+                match parts.next() {
+                    Some("execution") => note_read(&mut reads, parts.next()),
+                    Some("children") if parts.next().is_none_or(|c| c == rules.lock.as_str()) => {
+                        note_read(&mut reads, None)
+                    }
+                    _ => {}
                 }
             }
         }

@@ -131,8 +131,20 @@ impl Cluster {
             Ok(key) => self.object(&key).await?,
             Err(_) => None,
         };
+        let mut children = Map::new();
+        for (c, key) in rules
+            .children
+            .iter()
+            .zip(crate::engine::child_keys(rules, &resource, now))
+        {
+            let object = match key {
+                Some(key) => self.object(&key).await?,
+                None => None,
+            };
+            children.insert(c.name.clone(), object.unwrap_or(Value::Null));
+        }
         let mut related = Map::new();
-        for request in related_requests_all(rules, execution.as_ref()) {
+        for request in related_requests_all(rules, execution.as_ref(), &children) {
             let mut list = Vec::with_capacity(request.entries.len());
             for (reference, key) in &request.entries {
                 let object = match key {
@@ -187,6 +199,7 @@ impl Cluster {
         Ok(Observation {
             resource,
             execution,
+            children,
             related,
             error: None,
             lookups,

@@ -5,7 +5,7 @@
 //! Metric updates are checked against the declared metrics here, where they happen.
 
 use crate::render::Tmpl;
-use crate::rules::compiled::{ActionRules, ConditionRules, EventRules, MetricRules};
+use crate::rules::compiled::{ActionRules, ChildRef, ConditionRules, EventRules, MetricRules};
 use crate::rules::compiler::{Compiler, Scope, list_or_none};
 use crate::rules::locate::DocPath;
 use crate::rules::model::{
@@ -77,6 +77,9 @@ impl Compiler<'_> {
             if out.execution.is_some() {
                 bad.push("execution");
             }
+            if !out.children.is_empty() {
+                bad.push("children");
+            }
             if !out.patch.is_empty() {
                 bad.push("patch");
             }
@@ -111,14 +114,32 @@ impl Compiler<'_> {
             }
             out.execution = Some(x);
         }
+        for (name, &x) in part.children {
+            let cat = at.key("children").key(name);
+            match self.child_ref(&cat, name, true) {
+                // the lock's action is the `execution` action
+                Some(ChildRef::Lock) => {
+                    if out.execution.is_some_and(|e| e != x) {
+                        self.problem(&cat, "conflicting actions on the lock child");
+                    }
+                    out.execution = Some(x);
+                }
+                Some(ChildRef::Child(i)) => {
+                    if out.children.iter().any(|&(j, y)| j == i && y != x) {
+                        self.problem(&cat, format!("conflicting actions on child `{name}`"));
+                    }
+                    out.children.retain(|&(j, _)| j != i);
+                    out.children.push((i, x));
+                }
+                None => {}
+            }
+        }
         for (name, p) in part.patch {
             let pat = at.key("patch").key(name);
-            if name != "execution" {
-                self.key_problem(
-                    &pat,
-                    format!("unknown object `{name}` to patch (the rules create: execution)"),
-                );
-            } else if !p.is_object() {
+            let Some(target) = self.child_ref(&pat, name, true) else {
+                continue;
+            };
+            if !p.is_object() {
                 self.problem(
                     &pat,
                     "a patch must be a mapping (a JSON merge patch of the object)",
@@ -139,7 +160,7 @@ impl Compiler<'_> {
                     }
                 }
                 let t = self.tree(&pat, p, Scope::Action, Some(vars));
-                out.patch.push((name.clone(), t));
+                out.patch.push((target, t));
             }
         }
         if let Some(s) = part.status {
@@ -265,6 +286,7 @@ pub(crate) struct ActionParts<'a> {
     vars: &'a IndexMap<String, Value>,
     uses: &'a [String],
     execution: Option<ExecutionAction>,
+    children: &'a IndexMap<String, ExecutionAction>,
     patch: &'a IndexMap<String, Value>,
     status: Option<&'a Value>,
     conditions: &'a [ConditionSpec],
@@ -280,6 +302,7 @@ impl<'a> ActionParts<'a> {
             vars: &a.vars,
             uses: &a.uses,
             execution: a.execution,
+            children: &a.children,
             patch: &a.patch,
             status: a.status.as_ref(),
             conditions: &a.conditions,
@@ -294,6 +317,7 @@ impl<'a> ActionParts<'a> {
             vars: &t.vars,
             uses: &t.uses,
             execution: t.execution,
+            children: &t.children,
             patch: &t.patch,
             status: t.status.as_ref(),
             conditions: &t.conditions,

@@ -24,6 +24,15 @@ impl Compiler<'_> {
                 "`onDelete` cannot create the execution object; use `delete`",
             );
         }
+        if r.children
+            .iter()
+            .any(|&(_, x)| x == ExecutionAction::Create)
+        {
+            self.problem(
+                &at.key("children"),
+                "`onDelete` cannot create children; use `delete`",
+            );
+        }
         if !r.status.is_empty() || !r.conditions.is_empty() {
             self.problem(
                 &at,

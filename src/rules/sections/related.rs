@@ -5,7 +5,7 @@
 //! predicate forms.
 
 use crate::expr::Root;
-use crate::rules::compiled::RelatedRules;
+use crate::rules::compiled::{ChildRef, RelatedRules};
 use crate::rules::compiler::{Compiler, Scope};
 use crate::rules::locate::DocPath;
 use crate::rules::model::RelatedSpec;
@@ -27,10 +27,20 @@ impl Compiler<'_> {
             self.check_api_version(&at.key("apiVersion"), &r.api_version);
             self.check_kind(&at.key("kind"), &r.kind);
             let from = self.path(&at.key("from"), &r.from, false);
-            if let Some(p) = &from
-                && p.root() != Some(Root::Execution)
-            {
-                self.problem(&at.key("from"), format!("`{}` does not start at `$.execution`: a related list is read from the references the execution object lists (its namespace is the default), so `from` must be rooted there", r.from));
+            let mut from_child = ChildRef::Lock;
+            match from.as_ref().map(|p| (p.root(), p.key())) {
+                Some((Some(Root::Execution), _)) | None => {}
+                Some((Some(Root::Children), Some(child))) => {
+                    // an unknown child is reported where the path is checked
+                    if self.child_names.iter().any(|n| n == child) {
+                        from_child = self
+                            .child_ref(&at.key("from"), child, false)
+                            .unwrap_or(ChildRef::Lock);
+                    }
+                }
+                Some(_) => {
+                    self.problem(&at.key("from"), format!("`{}` does not start at `$.execution` or `$.children.NAME`: a related list is read from the references a child lists (its namespace is the default), so `from` must be rooted at one", r.from));
+                }
             }
             let name_path = self.path(&at.key("name"), &r.name, true);
             let namespace_path = r
@@ -54,6 +64,7 @@ impl Compiler<'_> {
                     name: rname.clone(),
                     api_version: r.api_version.clone(),
                     kind: r.kind.clone(),
+                    from_child,
                     from,
                     name_path,
                     namespace_path,

@@ -32,12 +32,27 @@ impl Compiler<'_> {
             });
         }
         let files = &sources.templates;
-        if !files.contains_key(&raw.execution.template) {
+        let bodies = raw
+            .execution
+            .iter()
+            .map(|ex| (at.clone(), &ex.template))
+            .chain(raw.children.iter().map(|(n, c)| {
+                (
+                    DocPath::root().key("children").key(n).key("template"),
+                    &c.template,
+                )
+            }));
+        for (at, template) in bodies {
+            if files.contains_key(template)
+                || template.is_empty() && self.broken.iter().any(|b| b.starts_with("children."))
+            {
+                continue;
+            }
             self.problem(
                 &at,
                 format!(
                     "template `{}` is not in {} (found: {})",
-                    raw.execution.template,
+                    template,
                     dir.display(),
                     if files.is_empty() {
                         "none".to_string()

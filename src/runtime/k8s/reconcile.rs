@@ -34,12 +34,14 @@ fn transient(e: &kube::Error) -> bool {
 fn api_error(action: &str, e: &kube::Error) -> ActionError {
     match e {
         kube::Error::Api(s) => ActionError {
+            child: None,
             action: action.into(),
             code: s.code,
             reason: s.reason.clone(),
             message: s.message.clone(),
         },
         other => ActionError {
+            child: None,
             action: action.into(),
             code: 0,
             reason: "Unknown".into(),
@@ -479,7 +481,7 @@ async fn carry_out(w: &mut Cluster<'_>, effect: &Effect) -> Result<Outcome<Error
                 pretend_written(resource, patch);
             }
         }
-        Effect::CreateExecution { object } => {
+        Effect::CreateExecution { object } | Effect::CreateChild { object, .. } => {
             let Some(key) = ObjectKey::of(object) else {
                 return Err(Error::Api(
                     "the rendered execution object has no identity".into(),
@@ -510,7 +512,7 @@ async fn carry_out(w: &mut Cluster<'_>, effect: &Effect) -> Result<Outcome<Error
                 }
             }
         }
-        Effect::PatchExecution { key, patch } => {
+        Effect::PatchExecution { key, patch } | Effect::PatchChild { key, patch, .. } => {
             let exec_api = api_for(ctx, key).await?;
             ctx.metrics.api("patch", &key.kind);
             match exec_api.patch(&key.name, &pp, &Patch::Merge(patch)).await {
@@ -520,7 +522,7 @@ async fn carry_out(w: &mut Cluster<'_>, effect: &Effect) -> Result<Outcome<Error
                 Err(e) => return Ok(Outcome::Refused(api_error("patch", &e))),
             }
         }
-        Effect::DeleteExecution { key, uid } => {
+        Effect::DeleteExecution { key, uid } | Effect::DeleteChild { key, uid, .. } => {
             let exec_api = api_for(ctx, key).await?;
             let dp = DeleteParams {
                 preconditions: Some(Preconditions {

@@ -44,7 +44,7 @@ impl Subject {
                 .with_context(|| format!("{}: execution.namespace", file.display()))?,
             owner_name_label: rules.execution.owner_labels.name.clone(),
             owner_namespace_label: rules.execution.owner_labels.namespace.clone(),
-            execution_template: templates.join(&rules.raw.execution.template),
+            execution_template: templates.join(&rules.execution.template_name),
             templates,
         })
     }
