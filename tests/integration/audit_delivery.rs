@@ -4,7 +4,7 @@
 //! invented: after de-duplication by `event_id`, each resource has exactly the records its final
 //! status says it went through.
 //!
-//! Sizes come from the environment (`LIFECYCLE_FAULT_AUDIT_BACKLOG`, default 200 resources
+//! Sizes come from the environment (`LIFECYCLE_FAULT_AUDIT_BACKLOG`, default 2000 resources
 //! failing validation, each one record, created while the receiver is down;
 //! `LIFECYCLE_FAULT_KILLS`, default 4). docs/reliability.md has the figures of larger runs.
 
@@ -222,7 +222,7 @@ async fn phases(s: &Scope) -> HashMap<String, String> {
 async fn every_transition_is_audited_through_kills_an_endpoint_outage_and_a_backlog() {
     let s = Scope::new("audit-faults").await;
     let mut receiver = Receiver::start().await;
-    let backlog = size("LIFECYCLE_FAULT_AUDIT_BACKLOG", 200);
+    let backlog = size("LIFECYCLE_FAULT_AUDIT_BACKLOG", 2000);
     let kills = size("LIFECYCLE_FAULT_KILLS", 4);
     let args = {
         let mut a = s.run_args(&support::repo_root().join("lifecycle.yaml"), "2s");
