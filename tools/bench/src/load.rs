@@ -51,6 +51,8 @@ pub struct Track {
     pub pr: HashMap<String, PrTrack>,
     /// Problems seen by the Tekton player (failed writes).
     pub problems: Vec<String>,
+    /// The first run the player saw, as the controller created it (the ceiling replays it).
+    pub sample_run: Option<Value>,
 }
 
 pub type Shared = Arc<Mutex<Track>>;

@@ -10,6 +10,8 @@
 //! and peak RSS (`/proc`), API requests (the controller's own `/metrics` and the apiserver's
 //! `apiserver_request_total` less this harness's own requests), hot-reload latency and start-up
 //! time with N existing resources. A separate memory test caches 10 000 resources and runs.
+//! The API server's ceiling ([`ceiling`]) replays the first controller's requests with no
+//! controller, and the report sets the controllers and the ceiling side by side.
 //! It also checks correctness (all terminal with the expected outcome, exactly one run per
 //! resource, none created twice); `--smoke` checks only that and never fails on a timing.
 //!
@@ -22,9 +24,11 @@
 //! The files: [`options`] (command line), [`subject`] (what the rules say), [`plane`] (the
 //! control plane), [`controller`] (the process under test), [`load`] (resources and what the
 //! watches saw), [`player`] (playing Tekton), [`sample`] and [`prometheus`] (measurements),
-//! [`session`] (one measurement's world), [`size`], [`reload`] and [`memory`] (the runs),
+//! [`session`] (one measurement's world), [`size`], [`reload`], [`memory`] and [`ceiling`] (the
+//! runs),
 //! [`report`] (results).
 
+mod ceiling;
 mod controller;
 mod load;
 mod memory;
@@ -148,6 +152,22 @@ async fn run(args: Args) -> Result<Report> {
                 f1(r.all_terminal_s),
                 r.correctness.problems.len()
             );
+            if args.ceiling && std::ptr::eq(spec, &specs[0]) {
+                eprintln!("bench: the API server alone, replaying {} N={n}", spec.name);
+                let samples = ceiling::Samples {
+                    child: r.sample_run.clone(),
+                    status: r.sample_status.clone(),
+                };
+                let mut cp = plane().await?;
+                let c = bench.ceiling(&cp, spec, &r, &samples).await;
+                cp.down();
+                let c = c.with_context(|| format!("ceiling of {} N={n}", spec.name))?;
+                eprintln!(
+                    "bench: the API server alone took {:.1} s for the {:.1} requests per lifecycle of N={n}",
+                    c.all_done_s, c.requests_per_lifecycle
+                );
+                report.ceilings.push(c);
+            }
             report.sizes.push(r);
             write_report(&args.out, &report)?;
         }
@@ -173,7 +193,7 @@ fn settings(args: &Args, cooldown: &str, specs: &[ControllerSpec]) -> serde_json
         "tekton_concurrency": args.tekton_concurrency, "cooldown": cooldown, "create_rate": args.create_rate,
         "memory_size": args.memory_size, "memory_settle_s": args.memory_settle.as_secs_f64(),
         "controllers": specs.iter().map(|s| json!({"name": s.name, "command": s.command})).collect::<Vec<_>>(),
-        "smoke": args.smoke,
+        "smoke": args.smoke, "ceiling": args.ceiling,
     })
 }
 

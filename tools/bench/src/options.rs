@@ -67,6 +67,10 @@ pub struct Args {
     /// resources every 10 s).
     #[arg(long, default_value = "30s", value_parser = parse_std_duration)]
     pub memory_settle: Duration,
+    /// After each size of the first controller, replay its requests with no controller on a
+    /// fresh control plane (the API server's ceiling); `--ceiling false` skips it.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub ceiling: bool,
     /// Hot-reload samples per size; 0 skips them.
     #[arg(long, default_value_t = 3)]
     pub reload_samples: usize,

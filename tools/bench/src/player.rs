@@ -220,6 +220,9 @@ impl Player {
                 let condition = run_condition(&serde_json::to_value(&obj).unwrap_or(Value::Null));
                 let fresh = {
                     let mut tr = lock(&player.track);
+                    if tr.sample_run.is_none() && !deleted && condition.is_none() {
+                        tr.sample_run = serde_json::to_value(&obj).ok();
+                    }
                     let p = tr.pr.entry(name.clone()).or_default();
                     p.owner = owner.clone();
                     if deleted {

@@ -9,6 +9,7 @@ use lifecycle_testsupport::{repo_root, tekton};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::ceiling::CeilingResult;
 use crate::prometheus::{HistogramDelta, Stats};
 
 #[derive(Serialize, Clone, Debug, Default)]
@@ -82,6 +83,11 @@ pub struct SizeResult {
     pub shutdown_s: Option<f64>,
     pub profile: Option<String>,
     pub correctness: Correctness,
+    /// What the ceiling replays: a run as the controller created it, a terminal status.
+    #[serde(skip)]
+    pub sample_run: Option<Value>,
+    #[serde(skip)]
+    pub sample_status: Option<Value>,
 }
 
 #[derive(Serialize, Clone, Debug, Default)]
@@ -123,6 +129,7 @@ pub struct Report {
     pub settings: Value,
     pub sizes: Vec<SizeResult>,
     pub memory: Vec<MemoryResult>,
+    pub ceilings: Vec<CeilingResult>,
 }
 
 pub fn machine() -> Machine {
@@ -188,6 +195,7 @@ impl Report {
             .map(|s| s.correctness.problems.len())
             .sum::<usize>()
             + self.memory.iter().map(|m| m.problems.len()).sum::<usize>()
+            + self.ceilings.iter().map(|c| c.failures).sum::<usize>()
     }
 }
 
@@ -305,6 +313,7 @@ fn markdown(r: &Report) -> String {
             }
         ));
     }
+    o.push_str(&side_by_side(r));
     if !r.memory.is_empty() {
         o.push_str("\n| controller | resources | runs | fill s | settled RSS MiB | peak RSS MiB | steady CPU ms/s | steady API requests/s | restart to ready s | RSS after restart MiB | problems |\n");
         o.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
@@ -340,6 +349,123 @@ fn markdown(r: &Report) -> String {
                     .iter()
                     .map(|(k, v)| format!("{k} {v:.1}"))
                     .collect::<Vec<_>>()
+            ));
+        }
+    }
+    o
+}
+
+/// For each size: the controllers' figures next to each other and to the API server alone
+/// making the same requests (the ceiling).
+fn side_by_side(r: &Report) -> String {
+    let mut o = String::new();
+    let mut ns: Vec<usize> = r.sizes.iter().map(|s| s.n).collect();
+    ns.dedup();
+    for n in ns {
+        let sizes: Vec<&SizeResult> = r.sizes.iter().filter(|s| s.n == n).collect();
+        let ceiling = r.ceilings.iter().find(|c| c.n == n);
+        o.push_str(&format!("\nN={n}, side by side:\n\n| figure |"));
+        for s in &sizes {
+            o.push_str(&format!(" {} |", s.controller));
+        }
+        if let Some(c) = ceiling {
+            o.push_str(&format!(
+                " API server alone (the requests of {}) |",
+                c.controller
+            ));
+        }
+        o.push_str("\n|---|");
+        o.push_str(&"---:|".repeat(sizes.len() + usize::from(ceiling.is_some())));
+        o.push('\n');
+        fn cpu(m: &BTreeMap<String, f64>, who: &str) -> String {
+            m.iter()
+                .find(|(k, _)| k.contains(who))
+                .map(|(_, v)| format!("{v:.1}"))
+                .unwrap_or_else(|| "-".into())
+        }
+        fn p99(s: &Option<Stats>) -> String {
+            f1(s.as_ref().map(|s| s.p99 / 1000.0))
+        }
+        type Row<'a> = (&'a str, Box<dyn Fn(&SizeResult) -> String>, Option<String>);
+        let rows: Vec<Row> = vec![
+            (
+                "all terminal s (API server alone: all requests answered)",
+                Box::new(|s| f1(s.all_terminal_s)),
+                ceiling.map(|c| format!("{:.1}", c.all_done_s)),
+            ),
+            (
+                "API requests / lifecycle (apiserver count)",
+                Box::new(|s| f1(s.apiserver_requests_per_lifecycle)),
+                ceiling.map(|c| {
+                    format!(
+                        "{:.1} + {:.1} of users and Tekton",
+                        c.requests_per_lifecycle - c.harness_per_lifecycle,
+                        c.harness_per_lifecycle
+                    )
+                }),
+            ),
+            (
+                "kube-apiserver CPU s",
+                Box::new(|s| cpu(&s.control_plane_cpu_s, "apiserver")),
+                ceiling.map(|c| cpu(&c.control_plane_cpu_s, "apiserver")),
+            ),
+            (
+                "etcd CPU s",
+                Box::new(|s| cpu(&s.control_plane_cpu_s, "etcd")),
+                ceiling.map(|c| cpu(&c.control_plane_cpu_s, "etcd")),
+            ),
+            (
+                "controller CPU ms / lifecycle",
+                Box::new(|s| format!("{:.2}", s.cpu_ms_per_lifecycle)),
+                ceiling.map(|_| "-".into()),
+            ),
+            (
+                "peak RSS MiB",
+                Box::new(|s| format!("{:.1}", s.peak_rss_mib)),
+                ceiling.map(|_| "-".into()),
+            ),
+            (
+                "run creation p99 s",
+                Box::new(|s| p99(&s.run_creation_ms)),
+                ceiling.map(|_| "-".into()),
+            ),
+            (
+                "status sync p99 s",
+                Box::new(|s| p99(&s.status_sync_ms)),
+                ceiling.map(|_| "-".into()),
+            ),
+            (
+                "status bytes, mean",
+                Box::new(|s| format!("{:.0}", s.status_bytes_mean)),
+                ceiling.map(|_| "-".into()),
+            ),
+        ];
+        for (name, of, c) in rows {
+            o.push_str(&format!("| {name} |"));
+            for s in &sizes {
+                o.push_str(&format!(" {} |", of(s)));
+            }
+            if let Some(c) = c {
+                o.push_str(&format!(" {c} |"));
+            }
+            o.push('\n');
+        }
+        if let Some(c) = ceiling {
+            o.push_str(&format!(
+                "\n- API server alone, N={n}: {:?} per lifecycle; not replayed {:?}; {} failed{}\n",
+                c.requests_by_kind
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.2}"))
+                    .collect::<Vec<_>>(),
+                c.not_replayed
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.2}"))
+                    .collect::<Vec<_>>(),
+                c.failures,
+                c.first_failure
+                    .as_deref()
+                    .map(|e| format!(" (first: {e})"))
+                    .unwrap_or_default(),
             ));
         }
     }

@@ -272,6 +272,12 @@ impl Bench {
             for p in tr.pr.values() {
                 runs_of.entry(p.owner.as_str()).or_default().push(p);
             }
+            result.sample_status = names
+                .iter()
+                .filter_map(|n| tr.wfe.get(n))
+                .find(|w| w.phase == "Completed")
+                .map(|w| w.status.clone());
+            result.sample_run = tr.sample_run.clone();
             let c = &mut result.correctness;
             c.resources = n;
             c.expected_failed = fails.len();
