@@ -271,6 +271,26 @@ mod tests {
     }
 
     #[test]
+    fn every_child_kind_is_watched_with_its_owner_labels() {
+        let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/configured-job-lifecycle.yaml");
+        let rules = Rules::compile(&Sources::read(&file).expect("sources"), &[]).expect("rules");
+        let kinds = rules.watched_kinds();
+        let names: Vec<&str> = kinds.iter().map(|k| k.kind.as_str()).collect();
+        // the lock first (its changes wake the resource), then the other child
+        assert_eq!(names, ["Job", "ConfigMap"], "{kinds:?}");
+        let labels = "configuredjob.example.com/name,configuredjob.example.com/namespace";
+        assert!(
+            kinds.iter().all(|k| k.labels.as_deref() == Some(labels)),
+            "{kinds:?}"
+        );
+        // their namespace is the resource's: every namespace
+        assert!(kinds.iter().all(|k| k.namespace.is_none()), "{kinds:?}");
+        // the lock read as `children.job` (and `$.children.job…`) is kept whole
+        assert_eq!(kinds[0].fields, None);
+    }
+
+    #[test]
     fn one_kind_read_two_ways_gets_one_watch_wide_enough_for_both() {
         let mut a = WatchedKind {
             api_version: "v1".into(),

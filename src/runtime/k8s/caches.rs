@@ -11,7 +11,9 @@
 //!
 //! An object this controller just created may not be in its cache yet: the create's answer is
 //! remembered until the cache has the object (or [`CREATED_TTL`] passes), so a reconcile that
-//! follows at once never takes it for absent.
+//! follows at once never takes it for absent. Likewise a patch's answer stands for the object
+//! until the cache shows that version or a later one, so a decision right after a patch never
+//! sees the object as it was before it and sends the same patch again.
 //!
 //! A rules change that reads more fields, or watches elsewhere, restarts the kind's watch (a new
 //! list; the cache keeps its contents until the new list is complete). A kind the new rules no
@@ -67,6 +69,8 @@ pub struct Caches {
     metrics: Arc<Metrics>,
     kinds: Mutex<HashMap<(String, String), KindCache>>,
     created: Mutex<HashMap<ObjectKey, (Instant, Arc<DynamicObject>)>>,
+    /// Patch answers, until the cache shows that version of the object (or a later one).
+    patched: Mutex<HashMap<ObjectKey, (Instant, Arc<DynamicObject>)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -82,6 +86,7 @@ impl Caches {
             metrics,
             kinds: Mutex::new(HashMap::new()),
             created: Mutex::new(HashMap::new()),
+            patched: Mutex::new(HashMap::new()),
         }
     }
 
@@ -257,7 +262,19 @@ impl Caches {
         match seen {
             Cached::Found(o) => {
                 created.remove(key);
-                Cached::Found(o)
+                drop(created);
+                // a patch this controller made and the watch has not delivered yet
+                let mut patched = lock(&self.patched);
+                match patched.get(key) {
+                    Some((at, p)) if at.elapsed() < CREATED_TTL && !caught_up(&o, p) => {
+                        Cached::Found(p.clone())
+                    }
+                    Some(_) => {
+                        patched.remove(key);
+                        Cached::Found(o)
+                    }
+                    None => Cached::Found(o),
+                }
             }
             other => match created.get(key) {
                 Some((at, o)) if at.elapsed() < CREATED_TTL => Cached::Found(o.clone()),
@@ -287,8 +304,64 @@ impl Caches {
         created.insert(key.clone(), (Instant::now(), Arc::new(object)));
     }
 
-    /// Forgets a created object (deleted since).
+    /// Remembers an object this controller patched (the patch's answer) until its cache shows
+    /// that version or a later one, so that a decision right after a patch never decides on the
+    /// object as it was before it (and sends the same patch again).
+    pub fn patched(&self, key: &ObjectKey, object: DynamicObject) {
+        let mut patched = lock(&self.patched);
+        patched.retain(|_, (at, _)| at.elapsed() < CREATED_TTL);
+        patched.insert(key.clone(), (Instant::now(), Arc::new(object)));
+    }
+
+    /// Forgets a created or patched object (deleted since).
     pub fn deleted(&self, key: &ObjectKey) {
         lock(&self.created).remove(key);
+        lock(&self.patched).remove(key);
+    }
+}
+
+/// Whether the cache's copy of an object is `remembered` or a later version of it: another
+/// object of the same name (another uid), or a resourceVersion at least the remembered one's
+/// (they are etcd revisions; one that is not a number counts as caught up).
+fn caught_up(cached: &DynamicObject, remembered: &DynamicObject) -> bool {
+    if cached.metadata.uid != remembered.metadata.uid {
+        return true;
+    }
+    let version = |o: &DynamicObject| {
+        o.metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    match (version(cached), version(remembered)) {
+        (Some(c), Some(r)) => c >= r,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(uid: &str, rv: &str) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
+            "metadata": {"name": "run", "namespace": "ns", "uid": uid, "resourceVersion": rv},
+        }))
+        .expect("object")
+    }
+
+    #[test]
+    fn a_patch_answer_stands_until_the_cache_has_its_version() {
+        let answer = version("u1", "120");
+        // the cache still holds the object from before the patch: the answer stands
+        assert!(!caught_up(&version("u1", "119"), &answer));
+        // the watch delivered the patch, or a later change: the cache is right
+        assert!(caught_up(&version("u1", "120"), &answer));
+        assert!(caught_up(&version("u1", "121"), &answer));
+        // another object of the same name replaced it: the cache is right
+        assert!(caught_up(&version("u2", "5"), &answer));
+        // versions that are not numbers cannot be ordered: trust the cache
+        assert!(caught_up(&version("u1", "x"), &answer));
     }
 }

@@ -197,16 +197,30 @@ pub async fn run(
         Some(ns) => Api::namespaced_with(client.clone(), ns, &resource_ar),
         None => Api::all_with(client.clone(), &resource_ar),
     };
-    // the caches of every kind the rules read; the execution objects' changes wake their
-    // resource, the others only serve reads
+    // the caches of every kind the rules read; changes to the execution objects and the other
+    // children wake their resource, the others only serve reads
     let caches = Arc::new(Caches::new(client.clone(), watch_timeout, metrics.clone()));
-    let owner = current.execution.owner_labels.clone();
+    // the owner labels of each kind of child (the execution object's first): a change to one
+    // of ours wakes its resource
+    let mut owners: HashMap<(String, String), Vec<crate::rules::model::OwnerLabels>> =
+        HashMap::new();
+    for ex in std::iter::once(&current.execution).chain(current.children.iter().map(|c| &c.object))
+    {
+        owners
+            .entry((ex.api_version.clone(), ex.kind.clone()))
+            .or_default()
+            .push(ex.owner_labels.clone());
+    }
     let mut exec_stream = None;
+    let mut child_streams = Vec::new();
     for w in watched {
         let key = (w.api_version.clone(), w.kind.clone());
         let ar = kinds[&key].clone();
         if exec_stream.is_none() {
             exec_stream = Some(caches.start(ar, w, "execution"));
+        } else if let Some(labels) = owners.get(&key) {
+            let mapper = map_to_owner(labels.clone(), resource_ar.clone());
+            child_streams.push((caches.start(ar.clone(), w, "child"), mapper, ar));
         } else {
             caches.start_driven(ar, w);
         }
@@ -218,24 +232,16 @@ pub async fn run(
         current.execution.kind.clone(),
     )]
         .clone();
-    let resource_dyntype = resource_ar.clone();
-    let mapper_owner = owner.clone();
-    let map_back = move |ex: DynamicObject| {
-        let labels = ex.metadata.labels.clone().unwrap_or_default();
-        match (
-            labels.get(&mapper_owner.name),
-            labels.get(&mapper_owner.namespace),
-        ) {
-            // a cluster-scoped resource's namespace label is empty
-            (Some(name), Some(ns)) if ns.is_empty() => {
-                Some(ObjectRef::new_with(name, resource_dyntype.clone()))
-            }
-            (Some(name), Some(ns)) => {
-                Some(ObjectRef::new_with(name, resource_dyntype.clone()).within(ns))
-            }
-            _ => None,
-        }
-    };
+    let map_back = map_to_owner(
+        owners
+            .get(&(
+                current.execution.api_version.clone(),
+                current.execution.kind.clone(),
+            ))
+            .cloned()
+            .unwrap_or_default(),
+        resource_ar.clone(),
+    );
 
     let recorder = Recorder::new(
         client.clone(),
@@ -323,12 +329,16 @@ pub async fn run(
             })
             .collect()
     }));
-    let controller =
+    let mut controller =
         Controller::for_stream_with(resource_stream, resource_store, resource_ar.clone())
             .with_config(ControllerConfig::default().concurrency(settings.concurrency))
-            .watches_stream_with(exec_stream, map_back, execution_ar.clone())
-            .reconcile_all_on(reconcile_all_rx)
-            .graceful_shutdown_on(shutdown);
+            .watches_stream_with(exec_stream, map_back, execution_ar.clone());
+    for (stream, mapper, ar) in child_streams {
+        controller = controller.watches_stream_with(stream, mapper, ar);
+    }
+    let controller = controller
+        .reconcile_all_on(reconcile_all_rx)
+        .graceful_shutdown_on(shutdown);
     let store = controller.store();
     let ready = readiness.clone();
     let exec_caches = caches.clone();
@@ -364,6 +374,29 @@ pub async fn run(
         elector.release().await;
     }
     Ok(())
+}
+
+/// Maps an object to the resource whose owner labels it carries (any of `owners`: the kinds
+/// of the rules' children and their labels).
+fn map_to_owner(
+    owners: Vec<crate::rules::model::OwnerLabels>,
+    resource: ApiResource,
+) -> impl Fn(DynamicObject) -> Option<ObjectRef<DynamicObject>> + Send + Sync + Clone + 'static {
+    move |obj: DynamicObject| {
+        let labels = obj.metadata.labels.clone().unwrap_or_default();
+        owners.iter().find_map(|owner| {
+            match (labels.get(&owner.name), labels.get(&owner.namespace)) {
+                // a cluster-scoped resource's namespace label is empty
+                (Some(name), Some(ns)) if ns.is_empty() => {
+                    Some(ObjectRef::new_with(name, resource.clone()))
+                }
+                (Some(name), Some(ns)) => {
+                    Some(ObjectRef::new_with(name, resource.clone()).within(ns))
+                }
+                _ => None,
+            }
+        })
+    }
 }
 
 /// Counts each failure of a watch (after which the watcher restarts it, from its last

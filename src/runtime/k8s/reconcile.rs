@@ -516,7 +516,9 @@ async fn carry_out(w: &mut Cluster<'_>, effect: &Effect) -> Result<Outcome<Error
             let exec_api = api_for(ctx, key).await?;
             ctx.metrics.api("patch", &key.kind);
             match exec_api.patch(&key.name, &pp, &Patch::Merge(patch)).await {
-                Ok(_) => {
+                Ok(patched) => {
+                    // the next decision sees the patch, before its watch event arrives
+                    ctx.caches.patched(key, patched);
                     tracing::info!(execution = %format!("{}/{}", key.namespace, key.name), "patched {}", key.kind)
                 }
                 Err(e) => return Ok(Outcome::Refused(api_error("patch", &e))),

@@ -12,6 +12,7 @@
 
 mod api;
 mod attempts;
+mod children;
 mod lifecycle;
 mod locking;
 mod pinned;
