@@ -25,7 +25,14 @@ fuzz_target!(|data: &[u8]| {
         Some(Value::Object(m)) => m,
         _ => Default::default(),
     };
-    let obs = Observation { resource, execution, related, error: None, lookups: Default::default() };
+    let obs = Observation {
+        resource,
+        execution,
+        children: Default::default(),
+        related,
+        error: None,
+        lookups: Default::default(),
+    };
     let now = 1_767_225_600.0;
     let a = decide(rules, &obs, now);
     let b = decide(rules, &obs, now);

@@ -62,7 +62,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
         format: GraphFormat,
     },
-    /// Print the execution object the rules would create for a resource, or the validation
+    /// Print the objects the rules would create for a resource, or the validation
     /// failure they would record.
     Render {
         /// The resource (YAML).
@@ -675,12 +675,19 @@ fn rendered(rules: &Rules, mut resource: Value) -> Rendered {
     }
     let mut world = simulate::World::new(rules, resource, now);
     let settled = world.reconcile();
-    let created = world.effects.iter().find_map(|(_, e)| match e {
-        Effect::CreateExecution { object } => Some(object),
-        _ => None,
-    });
-    if let Some(object) = created {
-        return Rendered::Object(serde_yaml::to_string(object).unwrap_or_default());
+    // every object created, in order (the children and the execution object), one document each
+    let created: Vec<String> = world
+        .effects
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Effect::CreateExecution { object } | Effect::CreateChild { object, .. } => {
+                Some(serde_yaml::to_string(object).unwrap_or_default())
+            }
+            _ => None,
+        })
+        .collect();
+    if !created.is_empty() {
+        return Rendered::Object(created.join("---\n"));
     }
     if let Err(e) = settled {
         return Rendered::Error(e);

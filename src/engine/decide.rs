@@ -417,6 +417,15 @@ impl Decider<'_> {
             if !guard {
                 continue;
             }
+            // children are created in the order written, the lock among them
+            let children = &t.action.children;
+            let (before, after) =
+                children.split_at(t.action.lock_at.unwrap_or(0).min(children.len()));
+            match self.children_created(before, draft)? {
+                Children::Ready => {}
+                Children::Skip => continue,
+                Children::Creating => break,
+            }
             if t.action.execution == Some(ExecutionAction::Create) && !self.s.owned {
                 if self.s.obs.execution.is_some() || self.s.obs.error.is_some() {
                     continue;
@@ -429,7 +438,7 @@ impl Decider<'_> {
                 // the previous attempt's object is still going away: wait for it
                 break;
             }
-            match self.children_created(&t.action, draft)? {
+            match self.children_created(after, draft)? {
                 Children::Ready => {}
                 Children::Skip => continue,
                 Children::Creating => break,
@@ -492,10 +501,10 @@ impl Decider<'_> {
     /// step waits for it).
     fn children_created(
         &mut self,
-        action: &crate::rules::ActionRules,
+        children: &[(usize, ExecutionAction)],
         draft: &mut Draft,
     ) -> Result<Children, Stop> {
-        for &(i, x) in &action.children {
+        for &(i, x) in children {
             if x != ExecutionAction::Create || self.s.child_owned(i) {
                 continue;
             }

@@ -14,6 +14,8 @@
 //! comes from the rules. It never touches the network, the clock, the environment or files.
 
 mod attempts;
+#[cfg(test)]
+mod children_tests;
 mod decide;
 pub mod drive;
 #[cfg(test)]

@@ -29,6 +29,7 @@ pub struct Change {
 /// Sections that are maps of named entries, compared entry by entry.
 const NAMED: &[&str] = &[
     "settings",
+    "children",
     "related",
     "values",
     "actions",

@@ -286,6 +286,9 @@ pub struct ActionRules {
     pub execution: Option<ExecutionAction>,
     /// Actions on the other children (index into [`super::Rules::children`]), in order.
     pub children: Vec<(usize, ExecutionAction)>,
+    /// Where the lock's action was written among them (`children: {lock: …}`): that many of
+    /// `children` come before it. None: it comes first (`execution: …`).
+    pub lock_at: Option<usize>,
     /// Merge patches, by object.
     pub patch: Vec<(ChildRef, TmplTree)>,
     /// Status to set (several trees, applied in order).

@@ -123,6 +123,7 @@ impl Compiler<'_> {
                         self.problem(&cat, "conflicting actions on the lock child");
                     }
                     out.execution = Some(x);
+                    out.lock_at.get_or_insert(out.children.len());
                 }
                 Some(ChildRef::Child(i)) => {
                     if out.children.iter().any(|&(j, y)| j == i && y != x) {
