@@ -100,6 +100,11 @@ pub struct RunArgs {
     /// longer is dead and restarted.
     #[arg(long, env = "LIFECYCLE_WATCH_TIMEOUT", default_value = "60s", value_parser = crate::time::parse_std_duration)]
     pub watch_timeout: Duration,
+    /// How long a reconcile waits for the watch cache of related objects to show the changes
+    /// made up to the execution object that lists them; past it they are read from the API
+    /// server (`lifecycle_related_reads_total{result="api"}`).
+    #[arg(long, env = "LIFECYCLE_CACHE_WAIT", default_value = "1s", value_parser = crate::time::parse_std_duration)]
+    pub cache_wait: Duration,
     /// Elect a leader with a Lease; only the leader reconciles.
     #[arg(long, env = "LIFECYCLE_LEADER_ELECT")]
     pub leader_elect: bool,
@@ -403,6 +408,7 @@ async fn run(args: RunArgs, rules: Arc<Rules>, listeners: Listeners) -> Result<(
         instance: Some(identity),
         lease,
         watch_timeout: args.watch_timeout,
+        cache_wait: args.cache_wait,
         audit_drain: args.audit_wait + Duration::from_secs(1),
     };
     k8s::run(

@@ -64,6 +64,13 @@ pub struct Metrics {
     pub watch_restarts: Family<Labels, Counter>,
     /// Failed attempts to renew the leader Lease.
     pub lease_renew_failures: Counter,
+    /// Reads of related objects by kind and where they were served from: `cache` (its cache had
+    /// caught up with the execution object listing them), `cache_after_wait` (it caught up
+    /// while the read waited), `read_before` (an earlier read from the API server, which the
+    /// cache does not show yet), `api` (read from the API server).
+    pub related_reads: Family<Labels, Counter>,
+    /// Time a read of related objects waited for their cache to catch up, seconds.
+    pub related_wait_seconds: Histogram,
     /// Governed resources in the watch cache by phase and rules revision, counted at each scrape.
     pub resources: Family<Labels, Gauge>,
 }
@@ -95,6 +102,10 @@ impl Metrics {
         let api_timeouts = Counter::default();
         let watch_restarts = Family::<Labels, Counter>::default();
         let lease_renew_failures = Counter::default();
+        let related_reads = Family::<Labels, Counter>::default();
+        let related_wait_seconds = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0,
+        ]);
         registry.register(
             "lifecycle_reconciles",
             "Reconciles by result",
@@ -156,6 +167,16 @@ impl Metrics {
             "Failed attempts to renew the leader Lease",
             lease_renew_failures.clone(),
         );
+        registry.register(
+            "lifecycle_related_reads",
+            "Reads of related objects by kind and source (cache, cache_after_wait, read_before, api)",
+            related_reads.clone(),
+        );
+        registry.register(
+            "lifecycle_related_wait_seconds",
+            "Time a read of related objects waited for their cache to catch up",
+            related_wait_seconds.clone(),
+        );
         let resources = Family::<Labels, Gauge>::default();
         registry.register(
             "lifecycle_resources",
@@ -178,6 +199,8 @@ impl Metrics {
             api_timeouts,
             watch_restarts,
             lease_renew_failures,
+            related_reads,
+            related_wait_seconds,
             resources,
         }
     }
@@ -275,6 +298,16 @@ impl Metrics {
             .get_or_create(&vec![
                 ("verb".to_string(), verb.to_string()),
                 ("kind".to_string(), kind.to_string()),
+            ])
+            .inc();
+    }
+
+    /// Counts one read of a related object, by where it was served from.
+    pub fn related_read(&self, kind: &str, source: &str) {
+        self.related_reads
+            .get_or_create(&vec![
+                ("kind".to_string(), kind.to_string()),
+                ("result".to_string(), source.to_string()),
             ])
             .inc();
     }

@@ -21,6 +21,7 @@
 
 use super::count_restarts;
 use super::projection::project;
+use super::progress::Progress;
 use crate::engine::ObjectKey;
 use crate::rules::WatchedKind;
 use crate::runtime::metrics::Metrics;
@@ -54,6 +55,8 @@ struct KindCache {
     ar: ApiResource,
     store: Store<DynamicObject>,
     synced: Arc<AtomicBool>,
+    /// How far its events have got (see [`Progress`]).
+    progress: Arc<Progress>,
     /// Where it watches and what it keeps; read when a watch (re)starts.
     scope: Arc<Mutex<WatchedKind>>,
     /// Bumped to restart the watch with the current scope.
@@ -149,8 +152,14 @@ impl Caches {
         })
         .flatten();
         let flag = synced.clone();
+        let progress = Arc::new(Progress::default());
+        let applied = progress.clone();
+        // the reflector has stored each event when it passes it on
         let stream = reflector::reflector(writer, generations)
             .inspect(move |e| {
+                if let Ok(event) = e {
+                    applied.applied(event);
+                }
                 if let Ok(watcher::Event::InitDone) = e {
                     flag.store(true, Ordering::SeqCst);
                 }
@@ -162,6 +171,7 @@ impl Caches {
                 ar,
                 store,
                 synced,
+                progress,
                 scope,
                 restart,
                 driver: None,
@@ -234,6 +244,34 @@ impl Caches {
         lock(&self.kinds)
             .get(&(api_version.to_string(), kind.to_string()))
             .is_some_and(|kc| kc.synced.load(Ordering::SeqCst))
+    }
+
+    /// The revision up to which a synced cache of a kind has applied every change of its kind
+    /// (none: the kind is not watched, or its cache has not synced).
+    pub fn applied(&self, api_version: &str, kind: &str) -> Option<u64> {
+        lock(&self.kinds)
+            .get(&(api_version.to_string(), kind.to_string()))
+            .filter(|kc| kc.synced.load(Ordering::SeqCst))
+            .map(|kc| kc.progress.seen())
+    }
+
+    /// Whether the cache of a kind has applied every change of its kind up to the revision
+    /// `version` (a resourceVersion), waiting for it at most `within`; false for a kind not
+    /// watched.
+    pub async fn caught_up(
+        &self,
+        api_version: &str,
+        kind: &str,
+        version: u64,
+        within: Duration,
+    ) -> bool {
+        let progress = lock(&self.kinds)
+            .get(&(api_version.to_string(), kind.to_string()))
+            .map(|kc| kc.progress.clone());
+        match progress {
+            Some(p) => p.reached(version, within).await,
+            None => false,
+        }
     }
 
     /// What the caches know of one object.

@@ -13,7 +13,9 @@ mod crd;
 mod lease;
 mod lookups;
 mod projection;
+mod progress;
 mod reconcile;
+mod related;
 mod status_guard;
 
 pub use caches::{Cached, Caches};
@@ -96,6 +98,9 @@ pub struct Settings {
     pub lease: Option<LeaseConfig>,
     /// Server-side length of one watch (its long poll).
     pub watch_timeout: Duration,
+    /// How long a read of related objects waits for their cache to catch up with the execution
+    /// object that lists them, before it reads them from the API server.
+    pub cache_wait: Duration,
     /// How long shutdown waits for audit records already handed over.
     pub audit_drain: Duration,
 }
@@ -116,6 +121,10 @@ pub struct Ctx {
     pub(crate) failures: std::sync::Mutex<HashMap<String, u32>>,
     pub(crate) status_guard: status_guard::StatusGuard,
     pub(crate) lookups: lookups::LookupCaches,
+    /// See [`Settings::cache_wait`].
+    pub(crate) cache_wait: Duration,
+    /// Related objects read from the API server, until their caches show them.
+    pub(crate) fresh_reads: related::FreshReads,
 }
 
 /// Readiness of the shell, for `/readyz`.
@@ -277,6 +286,8 @@ pub async fn run(
         failures: std::sync::Mutex::new(HashMap::new()),
         status_guard: status_guard::StatusGuard::default(),
         lookups,
+        cache_wait: settings.cache_wait,
+        fresh_reads: Default::default(),
     });
 
     // every swap of the rules reconciles every resource once

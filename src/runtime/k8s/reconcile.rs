@@ -2,6 +2,7 @@
 //! out, again until nothing is left to do) is the engine's [`drive`]; this file reads objects
 //! (the watch cache first) and carries out one effect at a time against the API server.
 
+use super::progress::parse_version;
 use super::status_guard::{STATUS_NOT_PERSISTED, lost_fields};
 use super::{Cached, Ctx, Error, backoff, shard_of};
 use crate::engine::drive::{DriveError, Outcome, World, drive};
@@ -125,6 +126,8 @@ async fn reconcile_with(obj: &DynamicObject, ctx: &Ctx, rules: &Rules) -> Result
         name,
         resource: Some(resource),
         held: None,
+        execution_version: None,
+        behind: Default::default(),
     };
     // a held status write that loses a conflict at the end: decide again on what is there now
     let mut result = drive(rules, &mut world).await;
@@ -191,6 +194,11 @@ struct Cluster<'a> {
     resource: Option<Value>,
     /// The status write held back, if any.
     held: Option<Held>,
+    /// The revision of the execution object as the last round read it (none: absent, or a
+    /// version that is not a number).
+    execution_version: Option<u64>,
+    /// Related kinds whose cache had not caught up even after a wait.
+    behind: super::related::Behind,
 }
 
 impl Cluster<'_> {
@@ -248,16 +256,18 @@ impl World for Cluster<'_> {
     }
 
     async fn execution(&mut self, key: &ObjectKey) -> Result<Option<Value>, Error> {
-        observe(self.ctx, key).await
+        let found = observe(self.ctx, key).await?;
+        self.execution_version = found
+            .as_ref()
+            .and_then(|o| o.pointer("/metadata/resourceVersion"))
+            .and_then(Value::as_str)
+            .and_then(parse_version);
+        Ok(found)
     }
 
     async fn related(&mut self, key: &ObjectKey) -> Result<Option<Value>, Error> {
-        // Read fresh: a related object's watch is a separate stream from its execution object's,
-        // so its cache can still hold the state from before the change that woke this reconcile
-        // (a failed child read as still running loses the failure details for good).
-        get_object(self.ctx, key)
-            .await
-            .map(|o| o.as_ref().map(to_value))
+        // from its cache once the cache shows the changes up to the execution object's revision
+        super::related::read(self.ctx, key, self.execution_version, &mut self.behind).await
     }
 
     async fn lookup(&mut self, request: &LookupRequest) -> Result<Vec<Value>, Error> {
@@ -339,7 +349,7 @@ fn wrote(ctx: &Ctx, resource: Option<&Value>, uid: &str) {
     }
 }
 
-fn to_value(obj: &DynamicObject) -> Value {
+pub(super) fn to_value(obj: &DynamicObject) -> Value {
     let mut v = serde_json::to_value(obj).unwrap_or(Value::Null);
     if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("managedFields");
@@ -373,7 +383,7 @@ async fn api_for(ctx: &Ctx, k: &ObjectKey) -> Result<Api<DynamicObject>, Error> 
 
 /// Reads an object the rules observe: from the watch caches, from the API server only when
 /// they cannot say.
-async fn observe(ctx: &Ctx, k: &ObjectKey) -> Result<Option<Value>, Error> {
+pub(super) async fn observe(ctx: &Ctx, k: &ObjectKey) -> Result<Option<Value>, Error> {
     match ctx.caches.get(k) {
         Cached::Found(obj) => Ok(Some(to_value(&obj))),
         Cached::Absent => Ok(None),
@@ -381,7 +391,7 @@ async fn observe(ctx: &Ctx, k: &ObjectKey) -> Result<Option<Value>, Error> {
     }
 }
 
-async fn get_object(ctx: &Ctx, k: &ObjectKey) -> Result<Option<DynamicObject>, Error> {
+pub(super) async fn get_object(ctx: &Ctx, k: &ObjectKey) -> Result<Option<DynamicObject>, Error> {
     let api = api_for(ctx, k).await?;
     ctx.metrics.api("get", &k.kind);
     match api.get_opt(&k.name).await {
