@@ -71,6 +71,8 @@ pub struct Metrics {
     pub related_reads: Family<Labels, Counter>,
     /// Time a read of related objects waited for their cache to catch up, seconds.
     pub related_wait_seconds: Histogram,
+    /// Reads of related objects waiting for their cache to catch up right now.
+    pub related_waiting: Gauge,
     /// Governed resources in the watch cache by phase and rules revision, counted at each scrape.
     pub resources: Family<Labels, Gauge>,
 }
@@ -172,6 +174,12 @@ impl Metrics {
             "Reads of related objects by kind and source (cache, cache_after_wait, read_before, api)",
             related_reads.clone(),
         );
+        let related_waiting = Gauge::default();
+        registry.register(
+            "lifecycle_related_waiting",
+            "Reads of related objects waiting for their cache to catch up",
+            related_waiting.clone(),
+        );
         registry.register(
             "lifecycle_related_wait_seconds",
             "Time a read of related objects waited for their cache to catch up",
@@ -201,6 +209,7 @@ impl Metrics {
             lease_renew_failures,
             related_reads,
             related_wait_seconds,
+            related_waiting,
             resources,
         }
     }

@@ -10,8 +10,9 @@
 //! [`super::progress`]). When it has not, the read waits for it (at most `--cache-wait`, woken
 //! by each event the cache applies), and reads the API server only when it is still behind.
 //!
-//! An object read from the API server at or after a revision is remembered with it, and serves
-//! later reads up to that revision until the cache has applied that version of the object: a
+//! An object read from the API server at or after a revision is remembered with it, and answers
+//! later reads up to that revision (with the cache's copy once the cache has the version read)
+//! until the cache has applied every change up to that revision: a
 //! resource whose execution object does not change (one at rest, polled) costs at most one
 //! request per revision of its execution object, not one per poll. Every read is counted in
 //! `lifecycle_related_reads_total{kind,result}`: `cache`, `cache_after_wait`, `read_before`
@@ -47,21 +48,39 @@ struct Read {
     shown_at: u64,
 }
 
-/// Related objects read from the API server, until their caches show them.
+/// How an earlier read answers.
+#[derive(Debug, PartialEq)]
+enum Earlier {
+    /// With the object as read (none: absent).
+    Copy(Option<Value>),
+    /// From the cache, which has applied the version read or a newer one.
+    Cache,
+}
+
+/// Related objects read from the API server, until their caches can answer alone.
 #[derive(Default)]
 pub(crate) struct FreshReads(Mutex<HashMap<ObjectKey, Read>>);
 
 impl FreshReads {
     /// The earlier read of `key` that answers a read as of `version`, while its cache (which has
-    /// applied changes up to `applied`) does not show it yet.
-    fn get(&self, key: &ObjectKey, version: u64, applied: u64) -> Option<Option<Value>> {
+    /// applied changes up to `applied`) cannot answer it alone.
+    fn get(&self, key: &ObjectKey, version: u64, applied: u64) -> Option<Earlier> {
         let mut reads = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let read = reads.get(key)?;
-        if applied >= read.shown_at {
+        if applied >= read.as_of {
+            // the cache answers every read up to `as_of` by itself now
             reads.remove(key);
             return None;
         }
-        (read.as_of >= version).then(|| read.object.clone())
+        if read.as_of < version {
+            return None;
+        }
+        Some(if applied >= read.shown_at {
+            // the cache has the version read, or a newer one
+            Earlier::Cache
+        } else {
+            Earlier::Copy(read.object.clone())
+        })
     }
 
     /// Remembers a read from the API server made at or after revision `as_of`, and forgets the
@@ -80,7 +99,7 @@ impl FreshReads {
             .and_then(super::progress::parse_version)
             .unwrap_or(as_of);
         let mut reads = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        reads.retain(|k, r| applied(k).is_none_or(|a| a < r.shown_at));
+        reads.retain(|k, r| applied(k).is_none_or(|a| a < r.as_of));
         reads.insert(
             key.clone(),
             Read {
@@ -112,9 +131,16 @@ pub(super) async fn read(
         // not cached (not watched, not synced), or no revision to compare
         _ => return from_api(ctx, key, as_of).await,
     };
-    if let Some(object) = ctx.fresh_reads.get(key, version, applied) {
-        ctx.metrics.related_read(&key.kind, "read_before");
-        return Ok(object);
+    match ctx.fresh_reads.get(key, version, applied) {
+        Some(Earlier::Copy(object)) => {
+            ctx.metrics.related_read(&key.kind, "read_before");
+            return Ok(object);
+        }
+        Some(Earlier::Cache) => {
+            ctx.metrics.related_read(&key.kind, "read_before");
+            return observe(ctx, key).await;
+        }
+        None => {}
     }
     if applied >= version {
         ctx.metrics.related_read(&key.kind, "cache");
@@ -122,10 +148,12 @@ pub(super) async fn read(
     }
     if !behind.includes(key, version) {
         let t0 = Instant::now();
+        let waiting = Waiting::new(&ctx.metrics.related_waiting);
         let caught_up = ctx
             .caches
             .caught_up(&key.api_version, &key.kind, version, ctx.cache_wait)
             .await;
+        drop(waiting);
         ctx.metrics
             .related_wait_seconds
             .observe(t0.elapsed().as_secs_f64());
@@ -139,6 +167,22 @@ pub(super) async fn read(
             .push((key.api_version.clone(), key.kind.clone(), version));
     }
     from_api(ctx, key, Some(version)).await
+}
+
+/// Counts a wait in a gauge while it lasts (a reconcile dropped mid-wait included).
+struct Waiting<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> Waiting<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Waiting(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 async fn from_api(ctx: &Ctx, key: &ObjectKey, as_of: Option<u64>) -> Result<Option<Value>, Error> {
@@ -171,21 +215,21 @@ mod tests {
     }
 
     #[test]
-    fn a_read_serves_up_to_its_revision_until_the_cache_shows_it() {
+    fn a_read_answers_up_to_its_revision_until_the_cache_can_alone() {
         let reads = FreshReads::default();
         reads.remember(&key("a"), Some(taskrun("90")), 100, |_| Some(80));
-        // asked as of 100 or before, the cache at 85 has not applied the version read (90)
-        assert_eq!(
-            reads.get(&key("a"), 100, 85),
-            Some(Some(taskrun("90"))),
-            "the read stands in for the cache"
-        );
-        assert_eq!(reads.get(&key("a"), 95, 85), Some(Some(taskrun("90"))));
+        // asked as of 100 or before, the cache at 85 lacks the version read (90)
+        let copy = Some(Earlier::Copy(Some(taskrun("90"))));
+        assert_eq!(reads.get(&key("a"), 100, 85), copy, "the read stands in");
+        assert_eq!(reads.get(&key("a"), 95, 85), copy);
         // a later revision needs a later read
         assert_eq!(reads.get(&key("a"), 101, 85), None);
+        // the cache has version 90 but not every change up to 100: its copy, on the read's word
+        assert_eq!(reads.get(&key("a"), 100, 90), Some(Earlier::Cache));
+        assert_eq!(reads.get(&key("a"), 100, 99), Some(Earlier::Cache));
         assert_eq!(reads.len(), 1);
-        // once the cache has applied version 90, it answers, and the read is forgotten
-        assert_eq!(reads.get(&key("a"), 100, 90), None);
+        // at 100 the cache answers alone, and the read is forgotten
+        assert_eq!(reads.get(&key("a"), 100, 100), None);
         assert_eq!(reads.len(), 0);
         assert_eq!(reads.get(&key("b"), 1, 0), None, "never read");
     }
@@ -194,19 +238,22 @@ mod tests {
     fn an_absent_object_is_remembered_until_the_cache_passes_the_revision() {
         let reads = FreshReads::default();
         reads.remember(&key("gone"), None, 100, |_| Some(50));
-        assert_eq!(reads.get(&key("gone"), 100, 99), Some(None));
+        assert_eq!(reads.get(&key("gone"), 100, 99), Some(Earlier::Copy(None)));
         assert_eq!(reads.get(&key("gone"), 100, 100), None);
         assert_eq!(reads.len(), 0);
     }
 
     #[test]
-    fn remembering_forgets_the_reads_the_caches_show_by_now() {
+    fn remembering_forgets_the_reads_the_caches_answer_by_now() {
         let reads = FreshReads::default();
         reads.remember(&key("a"), Some(taskrun("90")), 100, |_| Some(80));
-        reads.remember(&key("b"), Some(taskrun("120")), 130, |_| Some(95));
-        // the cache of the kind is at 95 by the second read: a's version 90 is shown
+        reads.remember(&key("b"), Some(taskrun("120")), 130, |_| Some(100));
+        // the cache of the kind is at 100 by the second read: a's read is no longer needed
         assert_eq!(reads.len(), 1);
-        assert_eq!(reads.get(&key("b"), 130, 95), Some(Some(taskrun("120"))));
+        assert_eq!(
+            reads.get(&key("b"), 130, 100),
+            Some(Earlier::Copy(Some(taskrun("120"))))
+        );
         // a kind no longer cached forgets nothing it cannot check
         reads.remember(&key("c"), None, 140, |_| None);
         assert_eq!(reads.len(), 2);

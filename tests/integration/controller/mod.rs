@@ -16,6 +16,7 @@ mod children;
 mod lifecycle;
 mod locking;
 mod pinned;
+mod related;
 mod reload;
 mod restarts;
 mod scope_and_patch;
