@@ -262,7 +262,9 @@ mod tests {
     #[test]
     fn a_kind_found_behind_is_behind_for_its_revision_and_earlier_ones() {
         let mut behind = Behind::default();
-        behind.0.push(("tekton.dev/v1".into(), "TaskRun".into(), 100));
+        behind
+            .0
+            .push(("tekton.dev/v1".into(), "TaskRun".into(), 100));
         assert!(behind.includes(&key("a"), 100));
         assert!(behind.includes(&key("b"), 99));
         assert!(!behind.includes(&key("a"), 101));

@@ -119,9 +119,11 @@ async fn a_failed_run_waits_for_the_taskrun_cache_to_catch_up_and_reads_no_taskr
 
     // the run is Failed, its TaskRun cache behind: the decision waits instead of failing the
     // resource with a TaskRun read as it was before
-    support::eventually(Duration::from_secs(30), "a read waiting for the TaskRun cache", || async {
-        (ctl.metric(WAITING).await >= 1.0).then_some(())
-    })
+    support::eventually(
+        Duration::from_secs(30),
+        "a read waiting for the TaskRun cache",
+        || async { (ctl.metric(WAITING).await >= 1.0).then_some(()) },
+    )
     .await;
     let waiting = s.get(&name).await.expect("the resource");
     assert_eq!(
@@ -160,9 +162,11 @@ async fn a_taskrun_cache_still_behind_after_the_wait_is_read_once_per_run_revisi
         v.pointer("/status/pipelineRunStatus/totalTasks") == Some(&json!(2))
     })
     .await;
-    support::eventually(Duration::from_secs(30), "polls served by the earlier read", || async {
-        (ctl.metric(&reads("read_before")).await >= 4.0).then_some(())
-    })
+    support::eventually(
+        Duration::from_secs(30),
+        "polls served by the earlier read",
+        || async { (ctl.metric(&reads("read_before")).await >= 4.0).then_some(()) },
+    )
     .await;
     let m = ctl.metrics().await;
     assert_eq!(metric_value(&m, GET_TASKRUN), 2.0, "{m}");
