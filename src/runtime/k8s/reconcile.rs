@@ -126,7 +126,7 @@ async fn reconcile_with(obj: &DynamicObject, ctx: &Ctx, rules: &Rules) -> Result
         name,
         resource: Some(resource),
         held: None,
-        execution_version: None,
+        observed_version: None,
         behind: Default::default(),
     };
     // a held status write that loses a conflict at the end: decide again on what is there now
@@ -194,9 +194,10 @@ struct Cluster<'a> {
     resource: Option<Value>,
     /// The status write held back, if any.
     held: Option<Held>,
-    /// The revision of the execution object as the last round read it (none: absent, or a
-    /// version that is not a number).
-    execution_version: Option<u64>,
+    /// The newest revision among the execution objects (children) this reconcile observed:
+    /// related objects are listed by them (none: none observed; `Some(None)`: one had a version
+    /// that is not a number).
+    observed_version: Option<Option<u64>>,
     /// Related kinds whose cache had not caught up even after a wait.
     behind: super::related::Behind,
 }
@@ -257,17 +258,25 @@ impl World for Cluster<'_> {
 
     async fn execution(&mut self, key: &ObjectKey) -> Result<Option<Value>, Error> {
         let found = observe(self.ctx, key).await?;
-        self.execution_version = found
-            .as_ref()
-            .and_then(|o| o.pointer("/metadata/resourceVersion"))
-            .and_then(Value::as_str)
-            .and_then(parse_version);
+        if let Some(o) = &found {
+            let version = o
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .and_then(parse_version);
+            self.observed_version = match (self.observed_version, version) {
+                (Some(Some(seen)), Some(v)) => Some(Some(seen.max(v))),
+                (None, v) => Some(v),
+                // a version that is not a number: no cache can be shown to have passed it
+                _ => Some(None),
+            };
+        }
         Ok(found)
     }
 
     async fn related(&mut self, key: &ObjectKey) -> Result<Option<Value>, Error> {
-        // from its cache once the cache shows the changes up to the execution object's revision
-        super::related::read(self.ctx, key, self.execution_version, &mut self.behind).await
+        // from its cache once the cache shows the changes up to the objects that list it
+        let as_of = self.observed_version.flatten();
+        super::related::read(self.ctx, key, as_of, &mut self.behind).await
     }
 
     async fn lookup(&mut self, request: &LookupRequest) -> Result<Vec<Value>, Error> {

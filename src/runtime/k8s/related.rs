@@ -117,8 +117,9 @@ impl FreshReads {
     }
 }
 
-/// Reads a related object listed by an execution object read at revision `as_of` (none: a
-/// version that is not a number, so no cache can be shown fresh enough).
+/// Reads a related object listed by objects observed at revisions up to `as_of` (the newest
+/// execution object or child of the reconcile; none: a version that is not a number, so no
+/// cache can be shown fresh enough).
 pub(super) async fn read(
     ctx: &Ctx,
     key: &ObjectKey,
