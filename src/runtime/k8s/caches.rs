@@ -20,8 +20,8 @@
 //! longer read stops, unless its changes wake the controller (the execution kind).
 
 use super::count_restarts;
-use super::projection::project;
 use super::progress::Progress;
+use super::projection::project;
 use crate::engine::ObjectKey;
 use crate::rules::WatchedKind;
 use crate::runtime::metrics::Metrics;
