@@ -213,18 +213,23 @@ pub fn text(rules: &Rules, label: &str, now: f64, e: &Explanation) -> String {
             "Deleting:    yes (onDelete runs, then the finalizer is removed)"
         );
     }
-    let ex = &e.execution;
-    let what = match (&ex.key, &ex.key_error) {
-        (Some(k), _) => format!("{} {}/{}", k.kind, k.namespace, k.name),
-        (None, Some(err)) => format!("cannot be named: {err}"),
-        (None, None) => "-".into(),
+    let object = |ex: &crate::engine::explain::ExecutionView| {
+        let what = match (&ex.key, &ex.key_error) {
+            (Some(k), _) => format!("{} {}/{}", k.kind, k.namespace, k.name),
+            (None, Some(err)) => format!("cannot be named: {err}"),
+            (None, None) => "-".into(),
+        };
+        let state = match (ex.exists, ex.owned) {
+            (false, _) => "does not exist",
+            (true, true) => "exists, ours",
+            (true, false) => "exists, NOT ours",
+        };
+        format!("{what} ({state})")
     };
-    let state = match (ex.exists, ex.owned) {
-        (false, _) => "does not exist",
-        (true, true) => "exists, ours",
-        (true, false) => "exists, NOT ours",
-    };
-    let _ = writeln!(s, "Execution:   {what} ({state})");
+    let _ = writeln!(s, "Execution:   {}", object(&e.execution));
+    for (name, child) in &e.children {
+        let _ = writeln!(s, "Child {name}: {}", object(child));
+    }
     if let Some(err) = &e.error {
         let _ = writeln!(
             s,

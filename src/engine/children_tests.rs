@@ -245,3 +245,22 @@ fn a_related_list_rooted_at_a_child_reads_its_references_in_its_namespace() {
     assert_eq!(d.transition.as_deref(), Some("done"));
     assert_eq!(kinds(&d.effects)[0], "deleteChild");
 }
+
+#[test]
+fn explain_shows_each_child_with_whether_it_exists_and_is_ours() {
+    let rules = rules();
+    let obs = observe(
+        task("Running", json!({})),
+        None,
+        Some(config("someone-else", json!({}))),
+    );
+    let e = super::explain::explain(&rules, &obs, 0.0);
+    assert_eq!(e.children.len(), 1);
+    let (name, view) = &e.children[0];
+    assert_eq!(name, "config");
+    assert_eq!(view.key.as_ref().map(|k| k.name.as_str()), Some("t-config"));
+    assert!(view.exists && !view.owned, "{view:?}");
+    let obs = observe(task("Running", json!({})), None, None);
+    let e = super::explain::explain(&rules, &obs, 0.0);
+    assert!(!e.children[0].1.exists);
+}

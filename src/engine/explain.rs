@@ -40,6 +40,9 @@ pub struct Explanation {
     pub deleting: bool,
     /// The execution object.
     pub execution: ExecutionView,
+    /// The other named children, in the order of the rules, by name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<(String, ExecutionView)>,
     /// The error of the last action on the execution object, as the rules see it.
     pub error: Option<ActionError>,
     /// The first validation rule that fails, when the phase validates (`null`: all pass).
@@ -216,6 +219,23 @@ pub fn explain(rules: &Rules, obs: &Observation, now: f64) -> Explanation {
         exists: obs.execution.is_some(),
         owned: s.owned,
     };
+    let children = rules
+        .children
+        .iter()
+        .enumerate()
+        .zip(super::child_keys(rules, &obs.resource, now))
+        .map(|((i, c), key)| {
+            let view = ExecutionView {
+                key_error: key
+                    .is_none()
+                    .then(|| format!("the name or namespace of child {} does not render", c.name)),
+                key,
+                exists: s.child(i).is_some(),
+                owned: s.child_owned(i),
+            };
+            (c.name.clone(), view)
+        })
+        .collect();
     let phase = phase_index.map(|i| &rules.phases[i]);
     let values = values(&mut s);
     let validates = phase.is_some_and(|p| p.validate && !p.terminal);
@@ -264,6 +284,7 @@ pub fn explain(rules: &Rules, obs: &Observation, now: f64) -> Explanation {
             .pointer("/metadata/deletionTimestamp")
             .is_some_and(|v| !v.is_null()),
         execution,
+        children,
         error: obs.error.clone(),
         validation,
         validates,

@@ -34,7 +34,13 @@ impl Compiler<'_> {
                 } else {
                     self.variable_problem(&var, *scope, vars.as_ref())
                 };
-                if let Some(msg) = problem {
+                if let Some(mut msg) = problem {
+                    if at.to_string().starts_with("children.") {
+                        msg = msg.replace(
+                            "the execution object's name and namespace",
+                            "a child's name and namespace",
+                        );
+                    }
                     let top = var.split('.').next().unwrap_or("");
                     self.problem_in(rules, at, written, top, msg);
                 }
