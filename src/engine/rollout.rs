@@ -60,13 +60,17 @@ mod tests {
 
     #[test]
     fn only_pinned_phases_keep_their_revision_and_never_terminal_or_renamed_ones() {
-        let latest = rules("");
+        let latest = rules("rollout:\n  policy: latest\n");
         assert!(
             latest.resource.status.revision.is_some(),
             "the fixture records a revision"
         );
-        // default: latest
         assert_eq!(pinned_revision(&latest, &at("Executing", "old")), None);
+        // the default: pinned
+        assert_eq!(
+            pinned_revision(&rules(""), &at("Executing", "old")),
+            Some("old")
+        );
         let pinned = rules("rollout:\n  policy: pinned\n  phases:\n    Pending: latest\n");
         assert_eq!(
             pinned_revision(&pinned, &at("Executing", "old")),

@@ -65,9 +65,9 @@ pub struct RulesFile {
     /// that phase is mapped here.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub renamed_phases: IndexMap<String, String>,
-    /// Which rules decide a resource that was in flight when the rules changed: the latest
-    /// (`latest`, the default) or the revision its status records, while the controller still
-    /// has it loaded (`pinned`). A global policy, and per-phase exceptions.
+    /// Which rules decide a resource that was in flight when the rules changed: the revision its
+    /// status records, while the controller has it loaded (`pinned`, the default), or the latest
+    /// (`latest`). A global policy, and per-phase exceptions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
     /// Keep the lock for a while after a terminal phase, then release it once.
@@ -819,7 +819,7 @@ impl Default for Setting {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Rollout {
-    /// The policy for every non-terminal phase: `latest` (default) or `pinned`.
+    /// The policy for every non-terminal phase: `pinned` (default) or `latest`.
     #[serde(default)]
     pub policy: RolloutPolicy,
     /// The policy of single phases, overriding `policy` (`PHASE: latest|pinned`).
@@ -832,8 +832,8 @@ pub struct Rollout {
 #[serde(rename_all = "camelCase")]
 pub enum RolloutPolicy {
     /// The rules loaded now.
-    #[default]
     Latest,
     /// The revision the resource's status records, while it is loaded.
+    #[default]
     Pinned,
 }

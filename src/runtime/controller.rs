@@ -2,7 +2,7 @@
 //! into one process, and shuts it down cleanly on SIGTERM / Ctrl-C.
 
 use crate::rules::parse_setting;
-use crate::rules::{LoadError, Rules};
+use crate::rules::{LoadError, Rules, Sources};
 use crate::runtime::audit::{self, AuditSink};
 use crate::runtime::k8s::{self, LeaseConfig, Readiness, Settings};
 use crate::runtime::metrics::Metrics;
@@ -135,6 +135,11 @@ pub struct RunArgs {
     /// name), so every resource of one target lands on one shard.
     #[arg(long, env = "LIFECYCLE_SHARD_COUNT", requires = "shard_index")]
     pub shard_count: Option<u32>,
+    /// Namespace of the ConfigMaps that keep every rules revision resources are pinned to
+    /// (`rollout`), so that they keep it across restarts and failovers (default: POD_NAMESPACE;
+    /// without either, revisions are kept in memory only).
+    #[arg(long, env = "LIFECYCLE_REVISIONS_NAMESPACE")]
+    pub revisions_namespace: Option<String>,
     /// Quiet time after a rules change before it is loaded.
     #[arg(long, default_value = "300ms", value_parser = crate::time::parse_std_duration)]
     pub reload_debounce: Duration,
@@ -179,8 +184,10 @@ fn init_logging(format: LogFormat) {
 /// Runs the controller; returns the process exit code.
 pub fn main(args: RunArgs) -> ExitCode {
     init_logging(args.log_format);
-    let rules = match Rules::load(&args.rules, &args.set) {
-        Ok(r) => Arc::new(r),
+    let loaded =
+        Sources::read(&args.rules).and_then(|s| Rules::compile(&s, &args.set).map(|r| (r, s)));
+    let (rules, sources) = match loaded {
+        Ok((r, s)) => (Arc::new(r), Arc::new(s)),
         Err(e) => {
             eprintln!("{e}");
             return match e {
@@ -247,7 +254,7 @@ pub fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(args, rules, listeners)) {
+    match runtime.block_on(run(args, (rules, sources), listeners)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "the controller stopped");
@@ -257,7 +264,11 @@ pub fn main(args: RunArgs) -> ExitCode {
     }
 }
 
-async fn run(args: RunArgs, rules: Arc<Rules>, listeners: Listeners) -> Result<(), k8s::Error> {
+async fn run(
+    args: RunArgs,
+    (rules, sources): (Arc<Rules>, Arc<Sources>),
+    listeners: Listeners,
+) -> Result<(), k8s::Error> {
     tracing::info!(rules = %rules.file.display(), revision = %rules.revision, "rules loaded");
     let metrics = Arc::new(Metrics::new());
     let fence = if args.leader_elect {
@@ -282,6 +293,7 @@ async fn run(args: RunArgs, rules: Arc<Rules>, listeners: Listeners) -> Result<(
     metrics.declare(&rules);
     let (handle, reload_errors) = reload::start(
         rules.clone(),
+        Some(sources),
         reload::Config {
             file: args.rules.clone(),
             overrides: args.set.clone(),
@@ -401,6 +413,16 @@ async fn run(args: RunArgs, rules: Arc<Rules>, listeners: Listeners) -> Result<(
     if let Some(lease) = &lease {
         lease.validate().map_err(k8s::Error::Settings)?;
     }
+    let revisions_namespace = args
+        .revisions_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .filter(|ns| !ns.is_empty());
+    if revisions_namespace.is_none() {
+        tracing::warn!(
+            "no --revisions-namespace (nor POD_NAMESPACE): rules revisions are kept in memory only, and resources pinned to an older revision follow the latest rules after a restart"
+        );
+    }
     let settings = Settings {
         namespace: args.namespace.clone(),
         concurrency: args.concurrency.max(1),
@@ -410,6 +432,11 @@ async fn run(args: RunArgs, rules: Arc<Rules>, listeners: Listeners) -> Result<(
         watch_timeout: args.watch_timeout,
         cache_wait: args.cache_wait,
         audit_drain: args.audit_wait + Duration::from_secs(1),
+        revisions: revisions_namespace.map(|namespace| k8s::revision_store::Config {
+            namespace,
+            rules_file: args.rules.clone(),
+            overrides: args.set.clone(),
+        }),
     };
     k8s::run(
         clients,

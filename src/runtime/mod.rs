@@ -6,7 +6,8 @@
 //! - [`k8s`]: watches, caches, the reconcile of one resource, leader election;
 //! - [`inspect`]: read-only observations of live resources for `explain` and `diff`;
 //! - [`reload`]: live reload of the rules file and its templates; [`revisions`]: the older
-//!   revisions kept loaded while resources are pinned to them;
+//!   revisions kept loaded while resources are pinned to them ([`stored_rules`]: their sources
+//!   as a ConfigMap's data, kept in the cluster by [`k8s::revision_store`]);
 //! - [`audit`]: delivery of audit records to their sinks;
 //! - [`metrics`] and [`server`]: Prometheus metrics and the health/metrics HTTP endpoint;
 //! - [`secure_metrics`]: `/metrics` over HTTPS for callers the API server authorises.
@@ -20,3 +21,4 @@ pub mod reload;
 pub mod revisions;
 pub mod secure_metrics;
 pub mod server;
+pub mod stored_rules;

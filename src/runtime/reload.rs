@@ -12,7 +12,7 @@
 //! rules neither have nor map with `renamedPhases`. The periodic check tries a refused change
 //! again, so it applies once no resource is left in the removed phase.
 
-use crate::rules::{LoadError, Rules};
+use crate::rules::{LoadError, Rules, Sources};
 use crate::runtime::metrics::Metrics;
 use crate::runtime::revisions::Revisions;
 use notify::{RecursiveMode, Watcher};
@@ -49,7 +49,7 @@ pub struct ReloadState {
 impl RulesHandle {
     /// A handle that never changes (for tests and one-shot tools).
     pub fn fixed(rules: Arc<Rules>) -> RulesHandle {
-        let revisions = Arc::new(Revisions::new(&rules));
+        let revisions = Arc::new(Revisions::new(&rules, None));
         let (tx, rx) = watch::channel(rules);
         // keep the channel open for the life of the process
         std::mem::forget(tx);
@@ -65,6 +65,23 @@ impl RulesHandle {
     /// the latest rules' `rollout` pins it to, while that is loaded.
     pub fn for_resource(&self, resource: &Value) -> Arc<Rules> {
         self.revisions.for_resource(&self.current(), resource)
+    }
+
+    /// Like [`RulesHandle::for_resource`], with the revision the resource is pinned to when
+    /// that is not loaded (so the latest rules decide it).
+    pub fn choose(&self, resource: &Value) -> crate::runtime::revisions::Chosen {
+        self.revisions.choose(&self.current(), resource)
+    }
+
+    /// The revisions kept loaded.
+    pub fn revisions(&self) -> Arc<Revisions> {
+        self.revisions.clone()
+    }
+
+    /// Drops the revisions no resource in the watch cache is pinned to (at once; reloads and a
+    /// periodic check do it too).
+    pub fn prune(&self) {
+        prune(&self.revisions, &self.current(), &self.census);
     }
 
     /// The revisions loaded (the latest, and those resources are pinned to).
@@ -119,9 +136,11 @@ pub struct Config {
     pub crd: Option<crate::rules::KindSchema>,
 }
 
-/// Starts watching; returns the handle and a channel of rejected-change reports.
+/// Starts watching; returns the handle and a channel of rejected-change reports. `sources` are
+/// the initial rules' sources (kept with them, to be stored).
 pub fn start(
     initial: Arc<Rules>,
+    sources: Option<Arc<Sources>>,
     config: Config,
     metrics: Arc<Metrics>,
 ) -> (RulesHandle, mpsc::Receiver<String>) {
@@ -129,7 +148,7 @@ pub fn start(
     let state: Arc<Mutex<ReloadState>> = Arc::default();
     let (err_tx, err_rx) = mpsc::channel(16);
     let census: Arc<Mutex<Option<Census>>> = Arc::default();
-    let revisions = Arc::new(Revisions::new(&initial));
+    let revisions = Arc::new(Revisions::new(&initial, sources));
     let handle = RulesHandle {
         rx,
         state: state.clone(),
@@ -235,12 +254,13 @@ async fn run(
         let file = config.file.clone();
         let overrides = config.overrides.clone();
         let crd = config.crd.clone();
-        let loaded = tokio::task::spawn_blocking(move || -> Result<Rules, LoadError> {
-            let rules = Rules::load(&file, &overrides)?;
+        let loaded = tokio::task::spawn_blocking(move || -> Result<(Rules, Sources), LoadError> {
+            let sources = Sources::read(&file)?;
+            let rules = Rules::compile(&sources, &overrides)?;
             if let Some(crd) = &crd {
                 rules.check_schema(crd)?;
             }
-            Ok(rules)
+            Ok((rules, sources))
         })
         .await;
         let loaded = match loaded {
@@ -251,25 +271,25 @@ async fn run(
             }
         };
         let checked = match loaded {
-            Ok(rules) if rules.revision == revision => {
+            Ok((rules, _)) if rules.revision == revision => {
                 if last_rejected.take().is_some() {
                     // the broken change was reverted
                     state.lock().unwrap_or_else(|e| e.into_inner()).last_error = None;
                 }
                 continue;
             }
-            Ok(rules) => {
+            Ok((rules, sources)) => {
                 let census = census.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let resources = census.map(|c| c()).unwrap_or_default();
                 match stranding_report(&tx.borrow(), &rules, &resources) {
                     Some(report) => Err(report),
-                    None => Ok(rules),
+                    None => Ok((rules, sources)),
                 }
             }
             Err(e) => Err(e.to_string()),
         };
         match checked {
-            Ok(rules) => {
+            Ok((rules, sources)) => {
                 revision = rules.revision.clone();
                 metrics.declare(&rules);
                 metrics.reload("ok");
@@ -281,7 +301,7 @@ async fn run(
                 }
                 last_rejected = None;
                 let rules = Arc::new(rules);
-                revisions.keep(&rules);
+                revisions.keep(&rules, Some(Arc::new(sources)));
                 let _ = tx.send(rules.clone());
                 prune(&revisions, &rules, &census);
             }
@@ -401,6 +421,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let (handle, mut errors) = start(
             rules,
+            None,
             Config {
                 file: file.clone(),
                 overrides: vec![],
@@ -452,6 +473,7 @@ mod tests {
         let first = rules.revision.clone();
         let (handle, _errors) = start(
             rules,
+            None,
             Config {
                 file,
                 overrides: vec![],
@@ -558,6 +580,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let (handle, mut errors) = start(
             rules,
+            None,
             Config {
                 file: file.clone(),
                 overrides: vec![],

@@ -55,6 +55,8 @@ pub(crate) async fn assert_applies(dir: &str, extra: &[&str]) {
         "rolebinding.rbac.authorization.k8s.io/lifecycle-controller",
         "role.rbac.authorization.k8s.io/lifecycle-controller-leases",
         "rolebinding.rbac.authorization.k8s.io/lifecycle-controller-leases",
+        "role.rbac.authorization.k8s.io/lifecycle-controller-revisions",
+        "rolebinding.rbac.authorization.k8s.io/lifecycle-controller-revisions",
         "configmap/lifecycle-rules",
         "configmap/lifecycle-templates",
         "deployment.apps/lifecycle-controller",

@@ -45,6 +45,7 @@ const BLOCKS: &[&str] = &[
     "tekton",
     "cooldown",
     "reload",
+    "explain",
     "delete",
     "stop",
 ];
@@ -249,6 +250,34 @@ async fn readme_walkthrough_runs_as_written_and_shows_what_it_says() {
         checkout_rules,
         "the walkthrough edits a copy, never the checkout's rules"
     );
+
+    let out = shell.run("explain", &code("explain")).await;
+    let (explained, diffed) = out
+        .split_once("Rules: lifecycle.yaml (revision ")
+        .unwrap_or_else(|| panic!("explain, then diff from the checkout's rules: {out}"));
+    for line in [
+        format!("Resource:    WorkflowExecution {NAMESPACE}/{NAME}"),
+        format!("(revision {new_revision})"),
+        format!("Recorded:    revision {first_revision} (last written by other rules)"),
+        "Phase:       Completed".to_string(),
+        "Decision now:".to_string(),
+    ] {
+        assert!(explained.contains(&line), "explain shows `{line}`: {out}");
+    }
+    assert!(
+        diffed.contains(&format!("-> {}", shell.tmp.path().display()))
+            && diffed.contains(&format!("(revision {new_revision})")),
+        "diff compares the checkout's rules with the running copy: {out}"
+    );
+    for line in [
+        "Changes (1):",
+        "settings.pollInterval",
+        "\"10s\" -> \"5s\"",
+        "Live resources: 1,",
+        "diff exit status: 1",
+    ] {
+        assert!(diffed.contains(line), "diff shows `{line}`: {out}");
+    }
 
     let out = shell.run("delete", &code("delete")).await;
     assert!(get(&wfes).await.is_none(), "deleted: the finalizer is gone");
@@ -694,21 +723,20 @@ impl Shell {
 
     /// The README text with `cargo run --` replaced by the built binary and port 8080 by ours.
     fn adapt(&self, name: &str, code: &str) -> String {
-        let mut adapted = code.to_string();
-        if name == "controller" {
-            for (from, to) in [
-                (CARGO_RUN, env!("CARGO_BIN_EXE_lifecycle").to_string()),
-                (ADDRESS, format!("127.0.0.1:{}", self.port)),
-            ] {
-                assert!(code.contains(from), "the controller block uses `{from}`");
-                adapted = adapted.replace(from, &to);
-            }
-        }
-        assert!(
-            name == "controller" || !code.contains(CARGO_RUN),
-            "block {name}: only the controller block runs `{CARGO_RUN}`"
+        let runs = ["controller", "explain"].contains(&name);
+        assert_eq!(
+            code.contains(CARGO_RUN),
+            runs,
+            "block {name}: only the controller and explain blocks run `{CARGO_RUN}`"
         );
-        adapted.replace(ADDRESS, &format!("127.0.0.1:{}", self.port))
+        if name == "controller" {
+            assert!(
+                code.contains(ADDRESS),
+                "the controller block uses `{ADDRESS}`"
+            );
+        }
+        code.replace(CARGO_RUN, env!("CARGO_BIN_EXE_lifecycle"))
+            .replace(ADDRESS, &format!("127.0.0.1:{}", self.port))
     }
 
     /// Ends the session (end of input) and expects bash to exit 0.

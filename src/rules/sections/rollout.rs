@@ -7,7 +7,7 @@ use crate::rules::model::Rollout;
 use crate::rules::suggest::did_you_mean;
 
 impl Compiler<'_> {
-    /// The policy of each phase: its own entry, else the global one (`latest` by default).
+    /// The policy of each phase: its own entry, else the global one (`pinned` by default).
     pub(crate) fn compile_rollout(
         &mut self,
         r: Option<&Rollout>,

@@ -16,6 +16,7 @@ mod progress;
 mod projection;
 mod reconcile;
 mod related;
+pub mod revision_store;
 mod status_guard;
 
 pub use caches::{Cached, Caches};
@@ -27,7 +28,7 @@ pub use lease::{Fence, LeaseConfig};
 use crate::rules::Rules;
 use crate::runtime::audit::AuditSink;
 use crate::runtime::metrics::Metrics;
-use crate::runtime::reload::RulesHandle;
+use crate::runtime::reload::{self, RulesHandle};
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;
@@ -103,6 +104,9 @@ pub struct Settings {
     pub cache_wait: Duration,
     /// How long shutdown waits for audit records already handed over.
     pub audit_drain: Duration,
+    /// Where the rules revisions are stored, so that pinned resources keep theirs across
+    /// restarts (in memory only when `None`).
+    pub revisions: Option<revision_store::Config>,
 }
 
 /// Shared state of every reconcile.
@@ -200,6 +204,20 @@ pub async fn run(
     }
     readiness.leading.store(true, Ordering::SeqCst);
     let client = clients.acting.clone();
+    // the stored revisions are loaded before any resource is decided
+    if let Some(config) = settings.revisions.clone() {
+        let store = Arc::new(revision_store::RevisionStore::new(
+            client.clone(),
+            config,
+            &current.resource.component,
+            settings.namespace.as_deref(),
+            settings.shard,
+        ));
+        let revisions = rules.revisions();
+        if let Some(stored) = store.restore(&revisions, &current).await {
+            tokio::spawn(store.follow(revisions, stored));
+        }
+    }
     let watch_timeout = u32::try_from(settings.watch_timeout.as_secs().max(1)).unwrap_or(290);
 
     let resources: Api<DynamicObject> = match &settings.namespace {
@@ -322,9 +340,10 @@ pub async fn run(
             .default_backoff(),
     )
     .applied_objects();
-    // a reload must not strand a resource of this cache in a phase the new rules lack
+    // a reload must not strand a resource of this cache in a phase the new rules lack, and a
+    // revision a resource of it is pinned to stays loaded: known once the cache is synced
     let census_store = resource_store.clone();
-    rules.set_census(Arc::new(move || {
+    let census: reload::Census = Arc::new(move || {
         census_store
             .state()
             .iter()
@@ -339,7 +358,7 @@ pub async fn run(
                 )
             })
             .collect()
-    }));
+    });
     let mut controller =
         Controller::for_stream_with(resource_stream, resource_store, resource_ar.clone())
             .with_config(ControllerConfig::default().concurrency(settings.concurrency))
@@ -352,6 +371,7 @@ pub async fn run(
         .graceful_shutdown_on(shutdown);
     let store = controller.store();
     let ready = readiness.clone();
+    let synced_rules = rules.clone();
     let exec_caches = caches.clone();
     let exec_kind = (
         current.execution.api_version.clone(),
@@ -366,6 +386,8 @@ pub async fn run(
         while !exec_caches.synced(&exec_kind.0, &exec_kind.1) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        synced_rules.set_census(census);
+        synced_rules.prune();
         ready.synced.store(true, Ordering::SeqCst);
         tracing::info!("caches synced");
     });

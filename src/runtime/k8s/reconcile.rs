@@ -63,7 +63,11 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     let started = Instant::now();
     // the latest rules, or the revision the resource is pinned to (`rollout`)
     let status = serde_json::json!({"status": obj.data.get("status")});
-    let rules = ctx.rules.for_resource(&status);
+    let chosen = ctx.rules.choose(&status);
+    let rules = chosen.rules;
+    if let Some(unavailable) = &chosen.unavailable {
+        super::revision_store::report_unavailable(&ctx, &obj, unavailable, &rules.revision).await;
+    }
     let result = reconcile_with(&obj, &ctx, &rules).await;
     ctx.metrics
         .reconcile_seconds

@@ -46,6 +46,10 @@ async fn rules_changes_are_reloaded_live_and_broken_ones_rejected() {
         "runnerServiceAccount: kubernaut-workflow-runner",
         "runnerServiceAccount: runner-v2",
     );
+    // and it applies to the resources in flight too (the default, `pinned`, keeps them on the
+    // revision they started with: see pinned.rs)
+    let changed = std::fs::read_to_string(&rules).expect("rules");
+    std::fs::write(&rules, format!("{changed}\nrollout:\n  policy: latest\n")).expect("rules");
     let second = revision_of(&rules);
     assert_ne!(second, first);
     support::eventually(
