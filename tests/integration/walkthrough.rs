@@ -273,6 +273,8 @@ async fn readme_walkthrough_runs_as_written_and_shows_what_it_says() {
         "Changes (1):",
         "settings.pollInterval",
         "\"10s\" -> \"5s\"",
+        "Scenarios: 1 run against both, 1 differ:",
+        "new rules: step 1: expected requeue after 10s, got 5s",
         "Live resources: 1,",
         "diff exit status: 1",
     ] {

@@ -8,7 +8,8 @@
 //!
 //! By subject: one whole lifecycle and its exact status (`lifecycle`), the per-target lock, its
 //! races and its cooldown (`locking`), live rules changes (`reload`), kills and start-up
-//! (`restarts`), answers of the API server and the audit endpoint (`api`).
+//! (`restarts`), pinned revisions kept across restarts (`stored_revisions`), answers of the API
+//! server and the audit endpoint (`api`).
 
 mod api;
 mod attempts;
@@ -20,6 +21,7 @@ mod related;
 mod reload;
 mod restarts;
 mod scope_and_patch;
+mod stored_revisions;
 
 use kube::api::{DeleteParams, PostParams};
 use serde_json::{Value, json};
