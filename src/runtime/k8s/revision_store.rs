@@ -49,6 +49,45 @@ pub struct Config {
     pub overrides: Vec<(String, String)>,
 }
 
+/// What tells one controller scope's stored revisions from another's.
+#[derive(Debug, PartialEq, Eq)]
+struct Scope {
+    /// Name of a revision's ConfigMap, without the revision.
+    prefix: String,
+    /// The value of the scope label: a hash of `described`.
+    scope: String,
+    /// The scope, readable.
+    described: String,
+}
+
+impl Scope {
+    /// The scope of the controller of `component` governing `namespace` (every namespace when
+    /// `None`) as shard `shard`.
+    fn of(component: &str, namespace: Option<&str>, shard: Option<(u32, u32)>) -> Scope {
+        let described = format!(
+            "component={component}, namespace={}, shard={}",
+            namespace.unwrap_or("*"),
+            shard.map_or("*".to_string(), |(i, n)| format!("{i}/{n}"))
+        );
+        let scope: String = Sha256::digest(described.as_bytes())
+            .iter()
+            .take(6)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        // the deployed case (every namespace, one shard) gets the readable name
+        let prefix = if namespace.is_none() && shard.is_none() {
+            format!("{component}-rules-")
+        } else {
+            format!("{component}-rules-{scope}-")
+        };
+        Scope {
+            prefix,
+            scope,
+            described,
+        }
+    }
+}
+
 /// The stored revisions of one controller scope.
 pub struct RevisionStore {
     api: Api<ConfigMap>,
@@ -69,22 +108,11 @@ impl RevisionStore {
         namespace: Option<&str>,
         shard: Option<(u32, u32)>,
     ) -> RevisionStore {
-        let described = format!(
-            "component={component}, namespace={}, shard={}",
-            namespace.unwrap_or("*"),
-            shard.map_or("*".to_string(), |(i, n)| format!("{i}/{n}"))
-        );
-        let scope: String = Sha256::digest(described.as_bytes())
-            .iter()
-            .take(6)
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        // the deployed case (every namespace, one shard) gets the readable name
-        let prefix = if namespace.is_none() && shard.is_none() {
-            format!("{component}-rules-")
-        } else {
-            format!("{component}-rules-{scope}-")
-        };
+        let Scope {
+            prefix,
+            scope,
+            described,
+        } = Scope::of(component, namespace, shard);
         RevisionStore {
             api: Api::namespaced(client, &config.namespace),
             config,
@@ -364,4 +392,38 @@ fn truncated(mut s: String, at_most: usize) -> String {
         s.truncate(end);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_keep_controllers_apart_and_the_deployed_one_has_readable_names() {
+        let deployed = Scope::of("wfe-controller", None, None);
+        assert_eq!(deployed.prefix, "wfe-controller-rules-");
+        assert_eq!(
+            deployed.described,
+            "component=wfe-controller, namespace=*, shard=*"
+        );
+        let others = [
+            Scope::of("other-controller", None, None),
+            Scope::of("wfe-controller", Some("team-a"), None),
+            Scope::of("wfe-controller", Some("team-b"), None),
+            Scope::of("wfe-controller", None, Some((0, 2))),
+            Scope::of("wfe-controller", None, Some((1, 2))),
+        ];
+        let mut labels: Vec<&str> = others.iter().map(|s| s.scope.as_str()).collect();
+        labels.push(&deployed.scope);
+        labels.sort();
+        labels.dedup();
+        assert_eq!(labels.len(), others.len() + 1, "one label per scope");
+        for s in &others[1..] {
+            // a narrowed controller's names carry its scope, so they never collide
+            assert_eq!(s.prefix, format!("wfe-controller-rules-{}-", s.scope));
+            assert_eq!(s.scope.len(), 12);
+            assert!(s.scope.chars().all(|c| c.is_ascii_hexdigit()), "{s:?}");
+        }
+        assert_eq!(Scope::of("wfe-controller", Some("team-a"), None), others[1]);
+    }
 }
