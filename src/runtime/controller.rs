@@ -419,7 +419,7 @@ async fn run(
         .or_else(|| std::env::var("POD_NAMESPACE").ok())
         .filter(|ns| !ns.is_empty());
     if revisions_namespace.is_none() {
-        tracing::warn!(
+        tracing::info!(
             "no --revisions-namespace (nor POD_NAMESPACE): rules revisions are kept in memory only, and resources pinned to an older revision follow the latest rules after a restart"
         );
     }
