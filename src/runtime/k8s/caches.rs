@@ -383,8 +383,8 @@ mod tests {
 
     fn version(uid: &str, rv: &str) -> DynamicObject {
         serde_json::from_value(serde_json::json!({
-            "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
-            "metadata": {"name": "run", "namespace": "ns", "uid": uid, "resourceVersion": rv},
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "cm", "namespace": "ns", "uid": uid, "resourceVersion": rv},
         }))
         .expect("object")
     }
