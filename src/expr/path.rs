@@ -213,6 +213,29 @@ impl Path {
         self.second.as_deref()
     }
 
+    /// What the path reads, for the caches' projection: the names it steps through after its
+    /// root (`None`: every element or entry: a wildcard, an index, a slice, a filter), and
+    /// whether everything below the last of them may be read (a filter reads each element's
+    /// fields, a descendant or a union of names reads unknown ones).
+    pub fn read_steps(&self) -> (Vec<Option<String>>, bool) {
+        use jsonpath_rust::parser::model::{Segment, Selector};
+        let mut steps = Vec::new();
+        for seg in &self.query.segments {
+            match seg {
+                Segment::Selector(Selector::Name(n)) => steps.push(Some(n.clone())),
+                Segment::Selector(
+                    Selector::Wildcard | Selector::Index(_) | Selector::Slice(..),
+                ) => steps.push(None),
+                Segment::Selector(Selector::Filter(_)) => {
+                    steps.push(None);
+                    return (steps, true);
+                }
+                Segment::Descendant(_) | Segment::Selectors(_) => return (steps, true),
+            }
+        }
+        (steps, false)
+    }
+
     /// Every node the path selects in `doc` (the root document, or the item for relative paths).
     pub fn select<'a>(&self, doc: &'a Value) -> Vec<&'a Value> {
         if let Some(steps) = &self.simple {
@@ -370,6 +393,35 @@ mod tests {
         }
         assert!(Path::relative("$.x[*]").unwrap().simple.is_none());
         assert!(Path::relative("$.x[-1]").unwrap().simple.is_none());
+    }
+
+    #[test]
+    fn read_steps_name_what_a_path_reads() {
+        let steps = |p: &str| Path::rooted(p).unwrap().read_steps();
+        let name = |s: &str| Some(s.to_string());
+        assert_eq!(
+            steps("$.execution.status.childReferences[*].name"),
+            (
+                vec![name("status"), name("childReferences"), None, name("name")],
+                false
+            )
+        );
+        assert_eq!(
+            steps("$.execution.status.conditions[?@.type == 'Succeeded'].status"),
+            (vec![name("status"), name("conditions"), None], true)
+        );
+        assert_eq!(steps("$.execution..name"), (vec![], true));
+        assert_eq!(steps("$.execution"), (vec![], false));
+        assert_eq!(
+            steps("$.related['taskRuns'][0]"),
+            (vec![name("taskRuns"), None], false)
+        );
+        assert_eq!(
+            Path::relative("$.terminated.exitCode")
+                .unwrap()
+                .read_steps(),
+            (vec![name("terminated"), name("exitCode")], false)
+        );
     }
 
     #[test]

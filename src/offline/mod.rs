@@ -7,6 +7,8 @@ pub mod diff;
 #[cfg(test)]
 mod example_tests;
 pub mod observe;
+#[cfg(test)]
+mod projection_tests;
 pub mod scenario;
 pub mod simulate;
 

@@ -243,6 +243,8 @@ pub struct Trace {
     pub effects: Vec<Value>,
     /// The final status.
     pub status: Value,
+    /// `{at, decision}` entries, in order: every decision taken.
+    pub decisions: Vec<Value>,
 }
 
 /// Runs one scenario file.
@@ -252,6 +254,12 @@ pub fn run_file(file: &Path, default_rules: &Path) -> Outcome {
 
 /// Runs one scenario file, and says what it did.
 pub fn run_file_traced(file: &Path, default_rules: &Path) -> (Outcome, Trace) {
+    run_file_observing(file, default_rules, false)
+}
+
+/// Runs one scenario file with the execution and related objects observed as the controller's
+/// caches keep them (`projected`) or whole, and says what it did.
+pub fn run_file_observing(file: &Path, default_rules: &Path, projected: bool) -> (Outcome, Trace) {
     let mut trace = Trace::default();
     let mut out = Outcome {
         name: file.display().to_string(),
@@ -272,13 +280,19 @@ pub fn run_file_traced(file: &Path, default_rules: &Path) -> (Outcome, Trace) {
         }
     };
     out.name = scenario.name.clone();
-    if let Err(e) = run(&scenario, file, default_rules, &mut trace) {
+    if let Err(e) = run(&scenario, file, default_rules, projected, &mut trace) {
         out.failures.push(e);
     }
     (out, trace)
 }
 
-fn run(s: &Scenario, file: &Path, default_rules: &Path, trace: &mut Trace) -> Result<(), String> {
+fn run(
+    s: &Scenario,
+    file: &Path,
+    default_rules: &Path,
+    projected: bool,
+    trace: &mut Trace,
+) -> Result<(), String> {
     let dir = file.parent().unwrap_or(Path::new("."));
     let rules_path = s
         .rules
@@ -308,6 +322,7 @@ fn run(s: &Scenario, file: &Path, default_rules: &Path, trace: &mut Trace) -> Re
         None => crate::time::parse_secs("2026-01-01T00:00:00Z").unwrap_or_default(),
     };
     let mut world = World::new(&rules, resource, start);
+    world.projected = projected;
     for o in &s.objects {
         world.put(o.clone())?;
     }
@@ -328,6 +343,11 @@ fn run(s: &Scenario, file: &Path, default_rules: &Path, trace: &mut Trace) -> Re
         .map(|(at, e)| json!({"at": at - start, "effect": e}))
         .collect();
     trace.status = world.status();
+    trace.decisions = world
+        .decisions
+        .iter()
+        .map(|(at, d)| json!({"at": at - start, "decision": d}))
+        .collect();
     result
 }
 

@@ -57,9 +57,28 @@ pub struct World<'r> {
     last_execution_key: Option<ObjectKey>,
     /// Likewise for the other children.
     last_child_keys: Vec<Option<ObjectKey>>,
+    /// Whether the execution and related objects are observed as the controller's caches keep
+    /// them (only what the rules read: [`crate::rules::WatchedKind::fields`]) instead of whole.
+    pub projected: bool,
 }
 
 impl<'r> World<'r> {
+    /// An object as a decision observes it: whole, or as the controller's cache of its kind
+    /// keeps it.
+    fn observed(&self, key: &ObjectKey) -> Option<Value> {
+        let mut o = self.objects.get(key).cloned()?;
+        if self.projected
+            && let Some(w) = self
+                .rules
+                .watched_kinds()
+                .into_iter()
+                .find(|w| w.api_version == key.api_version && w.kind == key.kind)
+        {
+            w.fields.with_runtime_fields().project(&mut o);
+        }
+        Some(o)
+    }
+
     /// A world holding `resource` at time `now`.
     pub fn new(rules: &'r Rules, resource: Value, now: f64) -> World<'r> {
         let mut w = World {
@@ -76,6 +95,7 @@ impl<'r> World<'r> {
             resource_version: 1,
             last_execution_key: None,
             last_child_keys: Vec::new(),
+            projected: false,
         };
         let resource = w.stamp(resource);
         w.resource = Some(resource);
@@ -626,11 +646,11 @@ impl engine::drive::World for World<'_> {
     }
 
     async fn execution(&mut self, key: &ObjectKey) -> Result<Option<Value>, Infallible> {
-        Ok(self.objects.get(key).cloned())
+        Ok(self.observed(key))
     }
 
     async fn related(&mut self, key: &ObjectKey) -> Result<Option<Value>, Infallible> {
-        Ok(self.objects.get(key).cloned())
+        Ok(self.observed(key))
     }
 
     /// Every object of the world that the request asks for, the governed resource included.

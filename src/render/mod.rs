@@ -10,6 +10,7 @@
 //! A template whose whole text is a single `{{ expression }}` keeps the expression's type
 //! (numbers stay numbers, `none` stays null); any other template renders to a string.
 
+pub mod chains;
 mod filters;
 pub mod scan;
 

@@ -62,8 +62,8 @@ pub struct ExecutionRules {
     pub owner_labels: OwnerLabels,
     /// What the name, namespace and body read.
     pub deps: Deps,
-    /// Top-level fields of the execution object the rules read (`None`: all).
-    pub reads: super::watch::FieldReads,
+    /// What the rules read of the execution object.
+    pub reads: super::reads::Keep,
 }
 
 /// A named child other than the lock (the lock is [`super::Rules::execution`]).
@@ -103,6 +103,8 @@ pub struct RelatedRules {
     pub namespace_path: Option<JPath>,
     /// Which entries are read.
     pub filter: Option<Pred>,
+    /// What the rules read of the objects.
+    pub reads: super::reads::Keep,
 }
 
 /// Where a lookup looks.

@@ -64,10 +64,8 @@ pub(crate) struct Compiler<'a> {
     pub(crate) broken: BTreeSet<String>,
     /// The templates folder, to name a template file in problems.
     pub(crate) templates_dir: std::path::PathBuf,
-    /// Top-level fields of the execution object the rules' paths read.
-    pub(crate) execution_reads: super::watch::FieldReads,
-    /// Set while compiling the path of an `exists` test.
-    pub(crate) existence_only: bool,
+    /// What the paths and templates compiled so far read of observed objects.
+    pub(crate) reads: super::reads::ReadLog,
 }
 
 /// Compiles rules from their sources, `overrides` replacing settings (`NAME=VALUE`).
@@ -90,8 +88,7 @@ pub(crate) fn compile(
         lock_name: String::new(),
         broken: BTreeSet::new(),
         templates_dir: sources.templates_dir.clone(),
-        execution_reads: Some(BTreeSet::new()),
-        existence_only: false,
+        reads: Default::default(),
     };
     let Some(raw) = c.parse(&sources.text) else {
         return Err(invalid(c.problems, &display));
@@ -184,7 +181,13 @@ impl Compiler<'_> {
         };
         self.check_variables(&rules);
         self.compute_deps(&mut rules);
-        rules.execution.reads = self.execution_reads(&rules);
+        let reads = self.object_reads(&rules);
+        rules.execution.reads = reads.execution;
+        for r in &mut rules.related {
+            if let Some(k) = reads.related.get(&r.name) {
+                r.reads = k.clone();
+            }
+        }
         self.check_graph(&rules);
         self.check_attempts(&rules);
         rules
@@ -226,6 +229,7 @@ impl Compiler<'_> {
             Ok(t) => {
                 if let Tmpl::Text(id) | Tmpl::Expr(id) = t {
                     self.uses.push((id, scope, at.clone(), vars.cloned()));
+                    self.note_template_item(id, scope);
                 }
                 t
             }
@@ -260,6 +264,7 @@ impl Compiler<'_> {
         match self.templates.compile_expr(&at.to_string(), source) {
             Ok(id) => {
                 self.uses.push((id, scope, at.clone(), None));
+                self.note_template_item(id, scope);
                 id
             }
             Err(e) => {

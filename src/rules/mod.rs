@@ -30,6 +30,7 @@ pub mod locate;
 pub mod model;
 mod parse;
 mod predicate;
+mod reads;
 mod schema;
 mod sections;
 pub mod sources;
@@ -43,9 +44,10 @@ pub use compiled::{
     TableRules, TmplTree, TransitionRules, ValidationRules, ValueKind, ValueRules,
 };
 pub use crd::{KindSchema, find_kind_schema, status_problems};
+pub use reads::{Keep, ObjectReads, RUNTIME_METADATA, Steps};
 pub use schema::json_schema;
 pub use sources::{MAX_FILE_BYTES, Sources, read_limited};
-pub use watch::{FieldReads, WatchedKind};
+pub use watch::WatchedKind;
 
 use crate::render::Templates;
 use indexmap::IndexMap;

@@ -55,9 +55,9 @@ impl Compiler<'_> {
         }
         if let Some(s) = &p.exists {
             // whether the object exists reads none of its fields
-            self.existence_only = true;
+            self.reads.mode = Some(super::reads::Use::Presence);
             let path = self.path(&at.key("exists"), s, relative);
-            self.existence_only = false;
+            self.reads.mode = None;
             return path.map(Pred::Exists);
         }
         if let Some(pv) = &p.equals {

@@ -1,27 +1,10 @@
 //! What the rules read from the cluster, for the shell's watch caches: each kind of object the
 //! rules can observe, where such objects can be, which labels they carry, and which of their
-//! top-level fields the rules read. Known when the rules load, so a cache keeps only that.
+//! fields the rules read ([`super::reads`]). Known when the rules load, so a cache keeps only
+//! that.
 
 use super::Rules;
-use super::compiler::Compiler;
-use crate::expr::{Path as JPath, Root};
-use std::collections::BTreeSet;
-
-/// Top-level fields of an object the rules read (`None`: the whole object, or unknown).
-/// `apiVersion`, `kind` and `metadata` are always kept: the engine reads names, labels, uid,
-/// resourceVersion and deletionTimestamp itself.
-pub type FieldReads = Option<BTreeSet<String>>;
-
-/// Records a read of a top-level field (`None`: the whole object).
-pub(crate) fn note_read(reads: &mut FieldReads, field: Option<&str>) {
-    match (reads.as_mut(), field) {
-        (Some(set), Some(f)) => {
-            set.insert(f.to_string());
-        }
-        (Some(_), None) => *reads = None,
-        (None, _) => {}
-    }
-}
+use super::reads::Keep;
 
 /// A kind of object the rules read, and the part of the cluster the shell watches for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +19,9 @@ pub struct WatchedKind {
     pub namespace: Option<String>,
     /// A label selector every object the rules read carries (`None`: no restriction).
     pub labels: Option<String>,
-    /// Top-level fields the rules read (`None`: all).
-    pub fields: FieldReads,
+    /// What the rules read of such objects (the metadata the runtime needs comes on top:
+    /// [`Keep::with_runtime_fields`]).
+    pub fields: Keep,
 }
 
 impl WatchedKind {
@@ -49,10 +33,7 @@ impl WatchedKind {
         if self.labels != other.labels {
             self.labels = None;
         }
-        match (&mut self.fields, &other.fields) {
-            (Some(a), Some(b)) => a.extend(b.iter().cloned()),
-            _ => self.fields = None,
-        }
+        self.fields.merge(&other.fields);
         self.role = format!("{}, {}", self.role, other.role);
     }
 
@@ -102,7 +83,7 @@ impl Rules {
                     None
                 },
                 labels: None,
-                fields: None,
+                fields: r.reads.clone(),
             };
             match out
                 .iter_mut()
@@ -130,7 +111,7 @@ impl Rules {
                 role: format!("child `{}`", c.name),
                 namespace,
                 labels: Some(format!("{},{}", owner.name, owner.namespace)),
-                fields: None,
+                fields: Keep::Whole,
             };
             match out
                 .iter_mut()
@@ -157,7 +138,7 @@ impl Rules {
                 role: format!("lookup `{}`", l.name),
                 namespace: None,
                 labels: None,
-                fields: None,
+                fields: Keep::Whole,
             };
             match out
                 .iter_mut()
@@ -171,47 +152,30 @@ impl Rules {
     }
 }
 
-impl Compiler<'_> {
-    /// Records what a rooted path reads of the execution object.
-    pub(crate) fn note_path_reads(&mut self, p: &JPath) {
-        if p.root() == Some(Root::Execution) && !(self.existence_only && p.key().is_none()) {
-            note_read(&mut self.execution_reads, p.key());
-        }
-        // the lock read as a child (or all children): kept whole
-        if p.root() == Some(Root::Children) && p.key().is_none_or(|k| k == self.lock_name) {
-            note_read(&mut self.execution_reads, None);
-        }
-    }
-
-    /// What the templates in use read of the execution object (following includes); called
-    /// once every template is compiled.
-    pub(crate) fn execution_reads(&mut self, rules: &Rules) -> FieldReads {
-        let mut reads = self.execution_reads.clone();
-        for (id, ..) in &self.uses {
-            for var in rules.templates.variables(*id) {
-                let mut parts = var.split('.');
-                match parts.next() {
-                    Some("execution") => note_read(&mut reads, parts.next()),
-                    Some("children") if parts.next().is_none_or(|c| c == rules.lock.as_str()) => {
-                        note_read(&mut reads, None)
-                    }
-                    _ => {}
-                }
-            }
-        }
-        reads
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::rules::Sources;
+    use serde_json::json;
     use std::path::PathBuf;
 
     fn default_rules() -> Rules {
         let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lifecycle.yaml");
         Rules::compile(&Sources::read(&file).expect("sources"), &[]).expect("default rules")
+    }
+
+    fn rules_with(from: &str, to: &str) -> Rules {
+        let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lifecycle.yaml");
+        let mut sources = Sources::read(&file).expect("sources");
+        assert!(sources.text.contains(from), "{from}");
+        sources.text = sources.text.replace(from, to);
+        Rules::compile(&sources, &[]).expect("rules")
+    }
+
+    /// An object kept as `keep` (with the runtime's metadata) says.
+    fn projected(keep: &Keep, mut v: serde_json::Value) -> serde_json::Value {
+        keep.with_runtime_fields().project(&mut v);
+        v
     }
 
     #[test]
@@ -229,10 +193,6 @@ mod tests {
             runs.labels.as_deref(),
             Some("kubernaut.ai/workflow-execution,kubernaut.ai/source-namespace")
         );
-        // the rules read the run's status and metadata, never its spec
-        let fields = runs.fields.clone().expect("a projection");
-        assert!(fields.contains("status"), "{fields:?}");
-        assert!(!fields.contains("spec"), "{fields:?}");
         let tasks = &kinds[1];
         assert_eq!(tasks.kind, "TaskRun");
         assert_eq!(tasks.namespace.as_deref(), Some("kubernaut-workflows"));
@@ -240,33 +200,100 @@ mod tests {
     }
 
     #[test]
-    fn a_template_reading_the_whole_execution_object_keeps_it_whole() {
-        let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lifecycle.yaml");
-        let mut sources = Sources::read(&file).expect("sources");
-        sources.text = sources.text.replace(
-            "message: Workflow is running",
-            "message: \"{{ execution | tojson }}\"",
+    fn the_default_rules_keep_of_a_run_and_its_task_runs_only_what_they_read() {
+        let rules = default_rules();
+        let kinds = rules.watched_kinds();
+        let run = json!({
+            "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
+            "metadata": {"name": "r", "namespace": "n", "uid": "u", "resourceVersion": "1",
+                "labels": {"a": "b"}, "annotations": {"x": "y"}, "creationTimestamp": "t"},
+            "spec": {"pipelineSpec": {"tasks": []}},
+            "status": {"startTime": "s", "completionTime": "c", "podName": "p",
+                "conditions": [{"type": "Succeeded", "status": "True", "reason": "R", "message": "M"}],
+                "childReferences": [{"apiVersion": "tekton.dev/v1", "kind": "TaskRun", "name": "t", "pipelineTaskName": "run"}],
+                "pipelineSpec": {"tasks": [{"name": "run"}]}, "provenance": {"x": 1}}
+        });
+        let mut expected = run.clone();
+        expected["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("annotations");
+        expected["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("creationTimestamp");
+        expected.as_object_mut().unwrap().remove("spec");
+        for f in ["podName", "pipelineSpec", "provenance"] {
+            expected["status"].as_object_mut().unwrap().remove(f);
+        }
+        assert_eq!(projected(&kinds[0].fields, run), expected);
+        let task = json!({
+            "apiVersion": "tekton.dev/v1", "kind": "TaskRun",
+            "metadata": {"name": "t", "namespace": "n", "labels": {"tekton.dev/pipelineRun": "r"}},
+            "spec": {"taskRef": {"name": "run"}},
+            "status": {"podName": "p", "taskSpec": {"steps": [{"image": "i", "script": "long"}]},
+                "conditions": [{"type": "Succeeded", "status": "False", "reason": "Failed"}],
+                "steps": [{"name": "run", "container": "step-run", "imageID": "sha",
+                    "terminated": {"exitCode": 1, "reason": "Error", "startedAt": "a", "finishedAt": "b"}}]}
+        });
+        assert_eq!(
+            projected(&kinds[1].fields, task),
+            json!({
+                "apiVersion": "tekton.dev/v1", "kind": "TaskRun",
+                "metadata": {"name": "t", "namespace": "n", "labels": {"tekton.dev/pipelineRun": "r"}},
+                "status": {
+                    "conditions": [{"type": "Succeeded", "status": "False", "reason": "Failed"}],
+                    "steps": [{"name": "run", "terminated": {"exitCode": 1, "reason": "Error"}}]}
+            })
         );
-        let rules = Rules::compile(&sources, &[]).expect("rules");
-        assert_eq!(rules.watched_kinds()[0].fields, None);
     }
 
     #[test]
-    fn a_path_reading_the_spec_keeps_the_spec() {
-        let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lifecycle.yaml");
-        let mut sources = Sources::read(&file).expect("sources");
-        sources.text = sources.text.replace(
+    fn a_template_reading_the_whole_execution_object_keeps_it_whole() {
+        let rules = rules_with(
+            "message: Workflow is running",
+            "message: \"{{ execution | tojson }}\"",
+        );
+        assert_eq!(rules.watched_kinds()[0].fields, Keep::Whole);
+    }
+
+    #[test]
+    fn a_found_task_run_handed_to_a_filter_is_kept_whole() {
+        let rules = rules_with(
+            "failedTaskName: \"{{ values.failedTask.value.object.metadata.name",
+            "failedTaskName: \"{{ (values.failedTask.value.object | tojson) ~ values.failedTask.value.object.metadata.name",
+        );
+        assert_eq!(rules.watched_kinds()[1].fields, Keep::Whole);
+        // tested for truth only, the record read nothing of the object
+        assert!(!default_rules().watched_kinds()[1].fields.is_whole());
+    }
+
+    #[test]
+    fn a_path_reading_the_spec_keeps_that_part_of_the_spec() {
+        let rules = rules_with(
             "path: \"$.execution.status.startTime\"",
             "path: \"$.execution.spec.timeouts.pipeline\"",
         );
-        let rules = Rules::compile(&sources, &[]).expect("rules");
-        let fields = rules.watched_kinds()[0]
-            .fields
-            .clone()
-            .expect("a projection");
-        assert!(
-            fields.contains("spec") && fields.contains("status"),
-            "{fields:?}"
+        let run = json!({"spec": {"timeouts": {"pipeline": "1h", "tasks": "1m"}, "params": []}});
+        assert_eq!(
+            projected(&rules.watched_kinds()[0].fields, run),
+            json!({"spec": {"timeouts": {"pipeline": "1h"}}})
+        );
+    }
+
+    #[test]
+    fn a_value_read_through_another_reads_below_its_source() {
+        // `failedStep` selects from `failedTask`'s node: its `where` and its readers reach
+        // the TaskRun's steps
+        let rules = rules_with(
+            "exitCode: \"{{ values.failedStep.value.terminated.exitCode",
+            "exitCode: \"{{ values.failedStep.value.terminated.signal",
+        );
+        let task = json!({"status": {"steps": [{"terminated": {"exitCode": 1, "signal": 9, "message": "m"}}]}});
+        let kept = projected(&rules.watched_kinds()[1].fields, task);
+        assert_eq!(
+            kept["status"]["steps"][0]["terminated"],
+            json!({"exitCode": 1, "signal": 9})
         );
     }
 
@@ -292,24 +319,35 @@ mod tests {
 
     #[test]
     fn one_kind_read_two_ways_gets_one_watch_wide_enough_for_both() {
+        let mut data = Keep::nothing();
+        data.insert(&[Some("data".into())], true);
+        let mut binary = Keep::nothing();
+        binary.insert(&[Some("binaryData".into())], true);
         let mut a = WatchedKind {
             api_version: "v1".into(),
             kind: "ConfigMap".into(),
             role: "a".into(),
             namespace: Some("x".into()),
             labels: Some("l".into()),
-            fields: Some(["data".to_string()].into()),
+            fields: data,
         };
         let b = WatchedKind {
             role: "b".into(),
             namespace: Some("y".into()),
-            fields: Some(["binaryData".to_string()].into()),
+            fields: binary,
             ..a.clone()
         };
         a.widen(&b);
         assert_eq!(a.namespace, None);
         assert_eq!(a.labels.as_deref(), Some("l"));
-        assert_eq!(a.fields.as_ref().map(BTreeSet::len), Some(2));
+        assert!(
+            a.fields.keeps("data") && a.fields.keeps("binaryData") && !a.fields.keeps("immutable")
+        );
         assert!(a.covers("anything"));
+        a.widen(&WatchedKind {
+            fields: Keep::Whole,
+            ..b
+        });
+        assert!(a.fields.is_whole());
     }
 }

@@ -161,6 +161,9 @@ impl Compiler<'_> {
                     }
                 }
                 let t = self.tree(&pat, p, Scope::Action, Some(vars));
+                if matches!(target, ChildRef::Lock) {
+                    self.note_patch_reads(&t);
+                }
                 out.patch.push((target, t));
             }
         }

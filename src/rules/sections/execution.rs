@@ -97,7 +97,7 @@ impl Compiler<'_> {
             template_name: String::new(),
             owner_labels: Default::default(),
             deps: Deps::default(),
-            reads: None,
+            reads: crate::rules::Keep::Whole,
         });
         (lock, children)
     }
@@ -170,7 +170,7 @@ impl Compiler<'_> {
             template_name: ex.template.clone(),
             owner_labels: ex.owner_labels.clone(),
             deps: Deps::default(),
-            reads: None,
+            reads: crate::rules::Keep::Whole,
         }
     }
 }

@@ -69,6 +69,7 @@ impl Compiler<'_> {
                     name_path,
                     namespace_path,
                     filter,
+                    reads: crate::rules::Keep::Whole,
                 });
             }
         }

@@ -94,21 +94,26 @@ impl Compiler<'_> {
             );
         }
         if let Some(p) = &v.path {
-            return self.path(&at.key("path"), p, false).map(ValueKind::Path);
+            let path = self.source_path(&at.key("path"), p);
+            self.reads.item = None;
+            return path.map(ValueKind::Path);
         }
         if let Some(p) = &v.list {
-            let path = self.path(&at.key("list"), p, false);
+            let path = self.source_path(&at.key("list"), p);
             let f = filter(self);
+            self.reads.item = None;
             return path.map(|p| ValueKind::List(p, f));
         }
         if let Some(p) = &v.count {
-            let path = self.path(&at.key("count"), p, false);
+            let path = self.source_path(&at.key("count"), p);
             let f = filter(self);
+            self.reads.item = None;
             return path.map(|p| ValueKind::Count(p, f));
         }
         if let Some(p) = &v.find {
-            let path = self.path(&at.key("find"), p, false);
+            let path = self.source_path(&at.key("find"), p);
             let f = filter(self);
+            self.reads.item = None;
             return path.map(|p| ValueKind::Find(p, f));
         }
         if let Some(e) = &v.expr {
@@ -164,6 +169,19 @@ impl Compiler<'_> {
             rows,
             default: t.default.clone(),
         }))
+    }
+
+    /// The path a value selects from: what it reads depends on how the value is read (logged
+    /// as only the selection's presence; reads of the value resolve to reads below it), and
+    /// it is what `$` is in the value's `where`.
+    fn source_path(&mut self, at: &DocPath, source: &str) -> Option<crate::expr::Path> {
+        self.reads.mode = Some(crate::rules::reads::Use::Presence);
+        let path = self.path(at, source, false);
+        self.reads.mode = None;
+        self.reads.item = path
+            .as_ref()
+            .and_then(|p| Some((p.root()?, p.read_steps().0)));
+        path
     }
 
     /// One test of a table row.

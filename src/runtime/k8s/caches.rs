@@ -3,8 +3,9 @@
 //!
 //! Each cache watches only where such objects can be (the rules' one namespace for the kind,
 //! else all) and only objects with the labels the rules require (the execution objects' owner
-//! labels), and keeps of each object only the top-level fields the rules read (`apiVersion`,
-//! `kind` and `metadata` always, without `managedFields`). Reads go to the caches: an object
+//! labels), and keeps of each object only the fields the rules read, below the top level too
+//! (`apiVersion`, `kind` and the metadata the runtime reads always, never `managedFields`:
+//! `projection.rs`). Reads go to the caches: an object
 //! absent from a synced cache is absent, with no request. A read the caches cannot answer (the
 //! kind is not watched, the cache has not synced yet, the namespace is outside its scope) is
 //! [`Cached::Unknown`]; the caller reads the API server then.
@@ -139,11 +140,11 @@ impl Caches {
                 }
                 let mut stop = rx.clone();
                 stop.mark_unchanged();
-                let fields = spec.fields;
+                let keep = spec.fields.with_runtime_fields();
                 let watch = watcher(api, config)
                     .inspect(count_restarts(metrics, label))
                     .default_backoff()
-                    .modify(move |o| project(o, &fields))
+                    .modify(move |o| project(o, &keep))
                     .take_until(async move {
                         let _ = stop.changed().await;
                     });
