@@ -41,6 +41,7 @@ mod report;
 mod sample;
 mod session;
 mod size;
+mod status_size;
 mod subject;
 
 use std::process::ExitCode;

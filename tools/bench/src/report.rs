@@ -74,6 +74,8 @@ pub struct SizeResult {
     pub decision: Option<HistogramDelta>,
     pub status_bytes_mean: f64,
     pub status_bytes_max: usize,
+    /// Mean bytes of each part of the last status seen, by terminal phase (`status_size`).
+    pub status_bytes_by_part: BTreeMap<String, BTreeMap<String, f64>>,
     pub reload: Vec<ReloadSample>,
     pub startup_ready_s: Option<f64>,
     pub startup_rss_mib: Option<f64>,
@@ -312,6 +314,16 @@ fn markdown(r: &Report) -> String {
                 format!("; PROBLEMS: {:?}", s.correctness.problems)
             }
         ));
+        for (phase, parts) in &s.status_bytes_by_part {
+            o.push_str(&format!(
+                "  - status bytes by part, {phase}, mean: {}\n",
+                parts
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
     }
     o.push_str(&side_by_side(r));
     if !r.memory.is_empty() {

@@ -355,6 +355,13 @@ impl Bench {
             result.running_mirror_ms = stats(mirror);
             result.status_sync_ms = stats(sync);
             result.status_bytes_max = bytes.iter().copied().max().unwrap_or(0);
+            result.status_bytes_by_part = crate::status_size::by_phase(
+                names
+                    .iter()
+                    .filter_map(|name| tr.wfe.get(name))
+                    .filter(|w| w.terminal.is_some())
+                    .map(|w| &w.status),
+            );
             result.status_bytes_mean = if bytes.is_empty() {
                 0.0
             } else {
