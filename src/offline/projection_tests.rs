@@ -54,7 +54,10 @@ fn decides_the_same_on_projected_objects(folder: &str, rules: &str, at_least: us
         }
     }
     assert!(differ.is_empty(), "{}", differ.join("\n"));
-    assert!(decisions >= files.len(), "{decisions} decisions in {folder}");
+    assert!(
+        decisions >= files.len(),
+        "{decisions} decisions in {folder}"
+    );
 }
 
 #[test]

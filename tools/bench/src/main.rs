@@ -28,6 +28,7 @@
 //! runs),
 //! [`report`] (results).
 
+mod cached_size;
 mod ceiling;
 mod controller;
 mod load;

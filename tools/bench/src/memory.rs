@@ -90,6 +90,21 @@ impl Bench {
         ) = sizes(creator.api.list(&lp).await?.items);
         (result.run_bytes_mean, result.run_managed_fields_bytes_mean) =
             sizes(player.runs.list(&lp.labels(player.selector())).await?.items);
+        let cached = match lifecycle_engine::rules::Rules::load(&s.rules, &[]) {
+            Ok(rules) => {
+                crate::cached_size::measure(
+                    &cp.admin().await?,
+                    &rules,
+                    &self.subject.execution_namespace,
+                )
+                .await
+            }
+            Err(e) => Err(anyhow::anyhow!("{e}")),
+        };
+        match cached {
+            Ok(c) => result.cached = c,
+            Err(e) => result.problems.push(format!("cached sizes: {e:#}")),
+        }
         w1.abort();
         w2.abort();
         // settle: the last part of the window measures the steady state

@@ -111,6 +111,8 @@ pub struct MemoryResult {
     pub resource_managed_fields_bytes_mean: f64,
     pub run_bytes_mean: f64,
     pub run_managed_fields_bytes_mean: f64,
+    /// What the caches hold of each kind the rules read, by kind.
+    pub cached: BTreeMap<String, crate::cached_size::CachedSize>,
     pub problems: Vec<String>,
 }
 
@@ -362,6 +364,16 @@ fn markdown(r: &Report) -> String {
                     .map(|(k, v)| format!("{k} {v:.1}"))
                     .collect::<Vec<_>>()
             ));
+            for (kind, c) in &m.cached {
+                o.push_str(&format!(
+                    "- {}: a cached {kind} (mean of {}) is {:.0} B of JSON whole (without managedFields), {:.0} B kept to the top-level fields read, {:.0} B as projected\n",
+                    m.controller,
+                    c.objects,
+                    c.whole_bytes_mean,
+                    c.top_level_bytes_mean,
+                    c.projected_bytes_mean
+                ));
+            }
         }
     }
     o

@@ -85,7 +85,11 @@ mod tests {
             {"type": "Ready", "status": "False"}, {"type": "LockReleased", "status": "True"}],
             "failureDetails": {"reason": "TaskFailed", "message": "m"}, "startTime": "t"});
         let p = parts(&s);
-        let top: usize = p.iter().filter(|(k, _)| !k.contains('.')).map(|(_, b)| b).sum();
+        let top: usize = p
+            .iter()
+            .filter(|(k, _)| !k.contains('.'))
+            .map(|(_, b)| b)
+            .sum();
         // the outer braces, less the last member's comma
         assert_eq!(top + 2 - 1, len(&s), "{p:?}");
         let nested: usize = p
@@ -93,7 +97,11 @@ mod tests {
             .filter(|(k, _)| k.starts_with("failureDetails."))
             .map(|(_, b)| b)
             .sum();
-        let fd = p.iter().find(|(k, _)| k == "failureDetails").expect("part").1;
+        let fd = p
+            .iter()
+            .find(|(k, _)| k == "failureDetails")
+            .expect("part")
+            .1;
         assert_eq!(nested + 2 - 1, len(&s["failureDetails"]));
         assert_eq!(fd, member("failureDetails", &s["failureDetails"]));
         let means = by_phase([&s, &json!({"phase": "Failed"})]);
