@@ -313,8 +313,15 @@ mod tests {
         );
         // their namespace is the resource's: every namespace
         assert!(kinds.iter().all(|k| k.namespace.is_none()), "{kinds:?}");
-        // the lock read as `children.job` (and `$.children.job…`) is kept whole
-        assert_eq!(kinds[0].fields, None);
+        // the lock read as `children.job` (and `$.children.job…`) is the execution object:
+        // its conditions are kept, its spec is not; the other child is kept whole
+        let job = json!({"spec": {"template": {}}, "status": {"active": 1,
+            "conditions": [{"type": "Complete", "status": "True"}]}});
+        assert_eq!(
+            projected(&kinds[0].fields, job),
+            json!({"status": {"conditions": [{"type": "Complete", "status": "True"}]}})
+        );
+        assert!(kinds[1].fields.is_whole());
     }
 
     #[test]
