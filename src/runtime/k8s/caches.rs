@@ -75,7 +75,12 @@ pub struct Caches {
     created: Mutex<HashMap<ObjectKey, (Instant, Arc<DynamicObject>)>>,
     /// Patch answers, until the cache shows that version of the object (or a later one).
     patched: Mutex<HashMap<ObjectKey, (Instant, Arc<DynamicObject>)>>,
+    /// Told of every change a read-only cache sees (see [`Caches::on_change`]).
+    on_change: Mutex<Option<OnChange>>,
 }
+
+/// Told of each object a read-only cache sees change, with the cache's kind.
+pub type OnChange = Arc<dyn Fn(&(String, String), &DynamicObject) + Send + Sync>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -91,7 +96,15 @@ impl Caches {
             kinds: Mutex::new(HashMap::new()),
             created: Mutex::new(HashMap::new()),
             patched: Mutex::new(HashMap::new()),
+            on_change: Mutex::new(None),
         }
+    }
+
+    /// Tells `f` of every change the read-only caches started from now on see: a kind that
+    /// only new rules name as a child's is one of them, and its changes must wake the
+    /// resources they belong to as those of the kinds watched from the start do.
+    pub fn on_change(&self, f: OnChange) {
+        *lock(&self.on_change) = Some(f);
     }
 
     /// Starts the cache of one kind and returns the stream of objects it sees change, which
@@ -181,11 +194,19 @@ impl Caches {
         stream
     }
 
-    /// Starts the cache of one kind that only serves reads (nothing wakes on its changes).
+    /// Starts the cache of one kind that nothing else polls; its changes go to the
+    /// [`Caches::on_change`] hook.
     pub fn start_driven(&self, ar: ApiResource, spec: WatchedKind) {
         let key = (spec.api_version.clone(), spec.kind.clone());
         let stream = self.start(ar, spec, "related");
-        let task = tokio::spawn(stream.for_each(|_| async {}));
+        let hook = lock(&self.on_change).clone();
+        let kind = key.clone();
+        let task = tokio::spawn(stream.for_each(move |o| {
+            if let (Ok(o), Some(hook)) = (&o, &hook) {
+                hook(&kind, o);
+            }
+            async {}
+        }));
         if let Some(kc) = lock(&self.kinds).get_mut(&key) {
             kc.driver = Some(task.abort_handle());
         }

@@ -227,6 +227,21 @@ pub async fn run(
     // the caches of every kind the rules read; changes to the execution objects and the other
     // children wake their resource, the others only serve reads
     let caches = Arc::new(Caches::new(client.clone(), watch_timeout, metrics.clone()));
+    // a kind read only by caches that rules loaded later name as a child's: its changes wake
+    // the resource they belong to by the latest rules' owner labels
+    let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded::<ObjectRef<DynamicObject>>();
+    let (wake_rules, wake_ar) = (rules.clone(), resource_ar.clone());
+    caches.on_change(Arc::new(move |kind, obj| {
+        let current = wake_rules.current();
+        let owners: Vec<_> = std::iter::once(&current.execution)
+            .chain(current.children.iter().map(|c| &c.object))
+            .filter(|ex| ex.api_version == kind.0 && ex.kind == kind.1)
+            .map(|ex| ex.owner_labels.clone())
+            .collect();
+        if let Some(owner) = map_to_owner(owners, wake_ar.clone())(obj.clone()) {
+            let _ = wake_tx.unbounded_send(owner);
+        }
+    }));
     // the owner labels of each kind of child (the execution object's first): a change to one
     // of ours wakes its resource
     let mut owners: HashMap<(String, String), Vec<crate::rules::model::OwnerLabels>> =
@@ -368,6 +383,7 @@ pub async fn run(
     }
     let controller = controller
         .reconcile_all_on(reconcile_all_rx)
+        .reconcile_on(wake_rx)
         .graceful_shutdown_on(shutdown);
     let store = controller.store();
     let ready = readiness.clone();

@@ -13,13 +13,13 @@ use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use std::time::Duration;
 
-fn configured_jobs() -> ApiResource {
+pub(super) fn configured_jobs() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk("example.com", "v1", "ConfiguredJob"))
 }
 
 /// Lets the controller identity govern ConfiguredJobs and manage ConfigMaps and Jobs, in every
 /// namespace (the children are in their resource's namespace, which no setting fixes).
-async fn grant(s: &Scope, name: &str) {
+pub(super) async fn grant(s: &Scope, name: &str) {
     let role: ClusterRole = serde_json::from_value(json!({
         "metadata": {"name": name},
         "rules": [
@@ -71,7 +71,7 @@ async fn start(s: &Scope) -> ControllerProcess {
     c
 }
 
-async fn wait_phase(api: &Api<DynamicObject>, name: &str, phase: &'static str) -> Value {
+pub(super) async fn wait_phase(api: &Api<DynamicObject>, name: &str, phase: &'static str) -> Value {
     support::eventually(
         Duration::from_secs(60),
         &format!("{name} {phase}"),
@@ -99,7 +99,7 @@ async fn running(s: &Scope, api: &Api<DynamicObject>, name: &str) -> Value {
 }
 
 /// Writes the Job's status as the Job controller would when it finishes.
-async fn finish_job(s: &Scope, job: &str, condition: &str, reason: &str, message: &str) {
+pub(super) async fn finish_job(s: &Scope, job: &str, condition: &str, reason: &str, message: &str) {
     let jobs = Api::<DynamicObject>::namespaced_with(
         s.admin.clone(),
         &s.ns,

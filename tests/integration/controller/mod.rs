@@ -14,6 +14,7 @@
 mod api;
 mod attempts;
 mod children;
+mod children_reload;
 mod lifecycle;
 mod locking;
 mod pinned;
