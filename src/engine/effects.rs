@@ -8,7 +8,7 @@
 use super::scope::{Scope, Stop, pred_error, template_error};
 use super::status::{self, Condition, conditions_mut, truncate};
 use super::{Category, DecideError, Effect, EventRecord, MetricRecord, ObjectKey};
-use crate::render::{RenderError, Templates};
+use crate::render::{Prefetched, RenderError, Templates};
 use crate::rules::model::{EventType, ExecutionAction, MetricKind};
 use crate::rules::{ActionRules, ChildRef, TmplTree};
 use minijinja::Value as JValue;
@@ -24,9 +24,11 @@ impl Scope<'_> {
         extra: (&JValue, &JValue),
     ) -> Result<(), Stop> {
         let ctx = self.ctx(Some(extra), None);
+        let t = &self.rules.templates;
+        let pre = t.prefetch(action.batches.status, &ctx);
         for tree in &action.status {
             if let Value::Object(m) = desired {
-                self.apply_tree(tree, m, &mut Vec::new(), &ctx)?;
+                self.apply_tree(tree, m, &mut Vec::new(), (&ctx, &pre))?;
             }
         }
         for c in &action.conditions {
@@ -35,16 +37,15 @@ impl Scope<'_> {
             {
                 continue;
             }
-            let t = &self.rules.templates;
             let cond = Condition {
                 kind: &c.kind,
-                status: t.text(&c.status, &ctx).map_err(template_error)?,
+                status: t.text_in(&c.status, &ctx, &pre).map_err(template_error)?,
                 reason: t
-                    .text(&c.reason, &ctx)
+                    .text_in(&c.reason, &ctx, &pre)
                     .map_err(template_error)?
                     .trim()
                     .to_string(),
-                message: t.text(&c.message, &ctx).map_err(template_error)?,
+                message: t.text_in(&c.message, &ctx, &pre).map_err(template_error)?,
             };
             let list = conditions_mut(desired, &self.rules.resource.status.conditions);
             status::set_condition(list, cond, &self.now_text, self.generation());
@@ -57,7 +58,7 @@ impl Scope<'_> {
         tree: &TmplTree,
         obj: &mut Map<String, Value>,
         path: &mut Vec<String>,
-        ctx: &JValue,
+        ctx: Ctx<'_>,
     ) -> Result<(), Stop> {
         match tree {
             TmplTree::Map(entries) => {
@@ -78,8 +79,8 @@ impl Scope<'_> {
         Ok(())
     }
 
-    fn render_tree(&self, tree: &TmplTree, ctx: &JValue) -> Result<Value, Stop> {
-        Ok(render_tree(&self.rules.templates, tree, ctx).map_err(template_error)?)
+    fn render_tree(&self, tree: &TmplTree, ctx: Ctx<'_>) -> Result<Value, Stop> {
+        Ok(render_tree_in(&self.rules.templates, tree, ctx).map_err(template_error)?)
     }
 
     /// Appends the execution action, Events, audit record and metrics of `action`.
@@ -117,25 +118,27 @@ impl Scope<'_> {
                 );
             }
         }
+        let pre = self.rules.templates.prefetch(action.batches.effects, &ctx);
+        let ctx = (&ctx, &pre);
         if action.execution == Some(ExecutionAction::Delete)
             && self.owned
             && let Some(ex) = &self.obs.execution
         {
             out.insert(0, self.delete_execution(ex));
         }
-        self.patches(action, &ctx, out)?;
-        self.events(action, &ctx, out)?;
+        self.patches(action, ctx, out)?;
+        self.events(action, ctx, out)?;
         if !action.audit.is_empty() {
-            out.push(self.audit(action, &ctx, step)?);
+            out.push(self.audit(action, ctx, step)?);
         }
-        self.metrics(action, &ctx, out)
+        self.metrics(action, ctx, out)
     }
 
     /// The merge patches of `action` that would change our execution object.
     fn patches(
         &self,
         action: &ActionRules,
-        ctx: &JValue,
+        ctx: Ctx<'_>,
         out: &mut Vec<Effect>,
     ) -> Result<(), Stop> {
         for (target, tree) in &action.patch {
@@ -186,7 +189,7 @@ impl Scope<'_> {
     fn events(
         &self,
         action: &ActionRules,
-        ctx: &JValue,
+        ctx: Ctx<'_>,
         out: &mut Vec<Effect>,
     ) -> Result<(), Stop> {
         let t = &self.rules.templates;
@@ -199,7 +202,9 @@ impl Scope<'_> {
                 reason: e.reason.clone(),
                 action: e.action.clone(),
                 message: truncate(
-                    t.text(&e.message, ctx).map_err(template_error)?.trim(),
+                    t.text_in(&e.message, ctx.0, ctx.1)
+                        .map_err(template_error)?
+                        .trim(),
                     1024,
                 ),
             }));
@@ -207,7 +212,7 @@ impl Scope<'_> {
         Ok(())
     }
 
-    fn audit(&self, action: &ActionRules, ctx: &JValue, step: &str) -> Result<Effect, Stop> {
+    fn audit(&self, action: &ActionRules, ctx: Ctx<'_>, step: &str) -> Result<Effect, Stop> {
         let mut record = match &self.rules.audit.record {
             Some(base) => self.render_tree(base, ctx)?,
             None => Value::Object(Map::new()),
@@ -232,7 +237,7 @@ impl Scope<'_> {
     fn metrics(
         &self,
         action: &ActionRules,
-        ctx: &JValue,
+        ctx: Ctx<'_>,
         out: &mut Vec<Effect>,
     ) -> Result<(), Stop> {
         let t = &self.rules.templates;
@@ -240,7 +245,8 @@ impl Scope<'_> {
             let spec = self.rules.metrics.get(&m.name);
             let mut labels = Vec::new();
             for (k, v) in &m.labels {
-                labels.push((k.clone(), t.text(v, ctx).map_err(template_error)?));
+                let text = t.text_in(v, ctx.0, ctx.1).map_err(template_error)?;
+                labels.push((k.clone(), text));
             }
             if let Some(spec) = spec {
                 labels.sort_by_key(|(k, _)| spec.labels.iter().position(|l| l == k));
@@ -248,7 +254,7 @@ impl Scope<'_> {
             let value = match &m.value {
                 None => 1.0,
                 Some(v) => {
-                    let text = t.text(v, ctx).map_err(template_error)?;
+                    let text = t.text_in(v, ctx.0, ctx.1).map_err(template_error)?;
                     text.trim().parse::<f64>().map_err(|_| {
                         Stop::Fail(DecideError {
                             category: Category::TemplateError,
@@ -439,11 +445,14 @@ fn pin_field(
     }
 }
 
+/// The context of a step's templates, and the values of those evaluated together.
+type Ctx<'c> = (&'c JValue, &'c Prefetched);
+
 /// Renders a merge patch: as [`render_tree`], except that an explicit `null` of the rules stays
 /// in the patch, where it removes the field.
-fn render_patch(t: &Templates, tree: &TmplTree, ctx: &JValue) -> Result<Value, RenderError> {
+fn render_patch(t: &Templates, tree: &TmplTree, ctx: Ctx<'_>) -> Result<Value, RenderError> {
     let TmplTree::Map(entries) = tree else {
-        return render_tree(t, tree, ctx);
+        return render_tree_in(t, tree, ctx);
     };
     let mut m = Map::new();
     for (k, sub) in entries {
@@ -464,13 +473,18 @@ fn render_patch(t: &Templates, tree: &TmplTree, ctx: &JValue) -> Result<Value, R
 
 /// Renders templates arranged as JSON; leaves that evaluate to null are left out.
 pub fn render_tree(t: &Templates, tree: &TmplTree, ctx: &JValue) -> Result<Value, RenderError> {
+    render_tree_in(t, tree, (ctx, &Prefetched::none()))
+}
+
+/// [`render_tree`], taking the values of leaves evaluated together from the prefetched ones.
+fn render_tree_in(t: &Templates, tree: &TmplTree, ctx: Ctx<'_>) -> Result<Value, RenderError> {
     Ok(match tree {
-        TmplTree::Leaf(x) => t.value(x, ctx)?,
+        TmplTree::Leaf(x) => t.value_in(x, ctx.0, ctx.1)?,
         TmplTree::Remove => Value::Null,
         TmplTree::Map(entries) => {
             let mut m = Map::new();
             for (k, sub) in entries {
-                let v = render_tree(t, sub, ctx)?;
+                let v = render_tree_in(t, sub, ctx)?;
                 if !v.is_null() {
                     m.insert(k.clone(), v);
                 }
@@ -480,7 +494,7 @@ pub fn render_tree(t: &Templates, tree: &TmplTree, ctx: &JValue) -> Result<Value
         TmplTree::List(items) => Value::Array(
             items
                 .iter()
-                .map(|i| render_tree(t, i, ctx))
+                .map(|i| render_tree_in(t, i, ctx))
                 .collect::<Result<_, _>>()?,
         ),
     })

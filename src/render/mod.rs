@@ -10,12 +10,15 @@
 //! A template whose whole text is a single `{{ expression }}` keeps the expression's type
 //! (numbers stay numbers, `none` stays null); any other template renders to a string.
 
+mod batch;
+mod direct;
 pub mod chains;
 mod filters;
 pub mod scan;
 
 /// A template value (the context templates are rendered with).
 pub use minijinja::Value as JValue;
+pub use batch::Prefetched;
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -87,6 +90,10 @@ pub struct Templates {
     typed: Vec<bool>,
     /// Names of the files each template includes.
     includes: Vec<Vec<String>>,
+    /// How each template is evaluated without minijinja, when it can be.
+    direct: Vec<Option<direct::Direct>>,
+    /// Templates compiled together, each evaluated in one evaluation state.
+    batches: Vec<batch::Batch>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -116,6 +123,8 @@ impl Templates {
             keys: Vec::new(),
             typed: Vec::new(),
             includes: Vec::new(),
+            direct: Vec::new(),
+            batches: Vec::new(),
         }
     }
 
@@ -130,6 +139,7 @@ impl Templates {
         self.keys.push(name.to_string());
         self.typed.push(false);
         self.includes.push(includes);
+        self.direct.push(None);
         Ok(self.names.len() - 1)
     }
 
@@ -163,7 +173,9 @@ impl Templates {
     pub fn compile_expr(&mut self, name: &str, expr: &str) -> Result<usize, RenderError> {
         // `{% set %}` then reading the variable back gives the typed result of the expression.
         let source = format!("{{% set __result = ({expr}\n) %}}");
-        self.add(name, source, true)
+        let id = self.add(name, source, true)?;
+        self.direct[id] = direct::path(expr).map(direct::Direct::Path);
+        Ok(id)
     }
 
     /// Compiles a literal-or-template JSON value: strings are templates, others literals.
@@ -178,6 +190,10 @@ impl Templates {
         let id = self.names.len();
         let key = format!("@{id}");
         let includes = included_files(&source);
+        let direct = (!typed)
+            .then(|| direct::text(&source))
+            .flatten()
+            .map(direct::Direct::Text);
         self.env
             .add_template_owned(key, source)
             .map_err(|e| located(name, &e))?;
@@ -185,7 +201,59 @@ impl Templates {
         self.keys.push(format!("@{id}"));
         self.typed.push(typed);
         self.includes.push(includes);
+        self.direct.push(direct);
         Ok(id)
+    }
+
+    /// Compiles templates `ids` into one combined template (see `batch.rs`), leaving out those
+    /// evaluated without minijinja and those that cannot share an evaluation; none when fewer
+    /// than two are left.
+    pub fn add_batch(&mut self, ids: &[usize]) -> Option<usize> {
+        let mut members = Vec::new();
+        let mut source = String::new();
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        for id in sorted {
+            if self.is_file(id) || self.direct.get(id).is_none_or(Option::is_some) {
+                continue;
+            }
+            let Some(text) = self.source(id).filter(|s| batch::shareable(s)) else {
+                continue;
+            };
+            source.push_str(&batch::member_source(id, self.typed[id], &text));
+            members.push(id);
+        }
+        if members.len() < 2 {
+            return None;
+        }
+        let key = format!("@batch{}", self.batches.len());
+        self.env.add_template_owned(key.clone(), source).ok()?;
+        self.batches.push(batch::Batch { key, members });
+        Some(self.batches.len() - 1)
+    }
+
+    /// Evaluates the templates of batch `b` together, in one evaluation state. Nothing is
+    /// prefetched when there is no batch or one of its templates fails: each is then evaluated
+    /// on its own when asked for, with its own result or error.
+    pub fn prefetch(&self, b: Option<usize>, ctx: &JValue) -> Prefetched {
+        let Some(batch) = b.and_then(|b| self.batches.get(b)) else {
+            return Prefetched::none();
+        };
+        let Ok(t) = self.env.get_template(&batch.key) else {
+            return Prefetched::none();
+        };
+        let Ok(captured) = t.render_captured(ctx) else {
+            return Prefetched::none();
+        };
+        let state = captured.state();
+        batch::results(
+            &batch.members,
+            &self.typed,
+            |name| state.lookup(name),
+            MAX_OUTPUT_BYTES,
+        )
+        .unwrap_or_default()
     }
 
     /// Where template `id` came from.
@@ -309,6 +377,12 @@ impl Templates {
 
     /// Renders template `id` to text.
     pub fn render_text(&self, id: usize, ctx: &JValue) -> Result<String, RenderError> {
+        if let Some(direct::Direct::Text(segments)) = self.direct.get(id).and_then(Option::as_ref)
+            && let Some(text) = direct::render(ctx, segments)
+            && text.len() <= MAX_OUTPUT_BYTES
+        {
+            return Ok(text);
+        }
         let t = self.template(id).ok_or_else(|| RenderError {
             message: format!("template {} is not loaded", self.names[id]),
             line: None,
@@ -357,6 +431,11 @@ impl Templates {
 
     /// Evaluates expression template `id` to a template value (for truthiness tests).
     pub fn eval_jinja(&self, id: usize, ctx: &JValue) -> Result<JValue, RenderError> {
+        if let Some(direct::Direct::Path(path)) = self.direct.get(id).and_then(Option::as_ref)
+            && let Some(v) = direct::lookup(ctx, path)
+        {
+            return Ok(v);
+        }
         let t = self.template(id).ok_or_else(|| RenderError {
             message: format!("template {} is not loaded", self.names[id]),
             line: None,
@@ -378,9 +457,34 @@ impl Templates {
         }
     }
 
+    /// Evaluates a [`Tmpl`], taking its value from `pre` when it was prefetched.
+    pub fn value_in(
+        &self,
+        t: &Tmpl,
+        ctx: &JValue,
+        pre: &Prefetched,
+    ) -> Result<Value, RenderError> {
+        if let Tmpl::Text(id) | Tmpl::Expr(id) = t
+            && let Some(v) = pre.get(*id)
+        {
+            return Ok(v.clone());
+        }
+        self.value(t, ctx)
+    }
+
     /// Evaluates a [`Tmpl`] to text (`null` becomes an empty string; other non-strings their JSON).
     pub fn text(&self, t: &Tmpl, ctx: &JValue) -> Result<String, RenderError> {
-        Ok(match self.value(t, ctx)? {
+        self.text_in(t, ctx, &Prefetched::none())
+    }
+
+    /// [`Templates::text`], taking the value from `pre` when it was prefetched.
+    pub fn text_in(
+        &self,
+        t: &Tmpl,
+        ctx: &JValue,
+        pre: &Prefetched,
+    ) -> Result<String, RenderError> {
+        Ok(match self.value_in(t, ctx, pre)? {
             Value::String(s) => s,
             Value::Null => String::new(),
             other => other.to_string(),

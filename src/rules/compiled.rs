@@ -305,6 +305,18 @@ pub struct ActionRules {
     pub metrics: Vec<MetricRules>,
     /// What it reads.
     pub deps: Deps,
+    /// Its templates compiled together, by the place that evaluates them.
+    pub batches: ActionBatches,
+}
+
+/// The combined templates of a block of effects (ids of [`crate::render::Templates`] batches):
+/// what one context evaluates together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ActionBatches {
+    /// Status trees and conditions.
+    pub status: Option<usize>,
+    /// Patches, Events, the audit record and metrics.
+    pub effects: Option<usize>,
 }
 
 /// A transition.

@@ -190,6 +190,7 @@ impl Compiler<'_> {
         }
         self.check_graph(&rules);
         self.check_attempts(&rules);
+        super::batches::plan(&mut rules);
         rules
     }
 

@@ -19,6 +19,7 @@
 mod checks;
 #[cfg(test)]
 mod compile_tests;
+mod batches;
 mod compiled;
 mod compiler;
 mod crd;
@@ -38,7 +39,7 @@ mod suggest;
 mod watch;
 
 pub use compiled::{
-    ActionRules, AuditRules, ChildRef, ChildRules, ConditionRules, CooldownRules, Deps, EventRules,
+    ActionBatches, ActionRules, AuditRules, ChildRef, ChildRules, ConditionRules, CooldownRules, Deps, EventRules,
     ExecutionRules, LookupNamespace, LookupRules, MatcherRules, MetricRules, PhaseRules,
     RelatedRules, ResourceRules, RetryRules, RolloutRules, SimulatedChangeRules, SimulationRules,
     TableRules, TmplTree, TransitionRules, ValidationRules, ValueKind, ValueRules,
