@@ -56,7 +56,10 @@ pub(super) fn member_source(id: usize, typed: bool, source: &str) -> String {
         // the source is the `{% set __result = (…) %}` of the expression: assign it elsewhere
         source.replacen("__result", &var(id), 1)
     } else {
-        format!("{{% set {} %}}{{% with %}}{source}{{% endwith %}}{{% endset %}}", var(id))
+        format!(
+            "{{% set {} %}}{{% with %}}{source}{{% endwith %}}{{% endset %}}",
+            var(id)
+        )
     }
 }
 
@@ -64,11 +67,10 @@ pub(super) fn member_source(id: usize, typed: bool, source: &str) -> String {
 /// nor reads the state of the evaluation (`debug`, `self`, …) or a name of the combined template.
 pub(super) fn shareable(source: &str) -> bool {
     const APART: &[&str] = &[
-        "extends", "block", "macro", "import", "from", "call", "debug", "self", "super",
-        "caller", "varargs", "kwargs",
+        "extends", "block", "macro", "import", "from", "call", "debug", "self", "super", "caller",
+        "varargs", "kwargs",
     ];
-    !source.contains(PREFIX)
-        && code_words(source).all(|w| !APART.contains(&w))
+    !source.contains(PREFIX) && code_words(source).all(|w| !APART.contains(&w))
 }
 
 /// The identifiers inside the `{{ }}` and `{% %}` of a template.

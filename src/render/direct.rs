@@ -31,8 +31,8 @@ pub(super) enum Segment {
 
 /// Words that are not variable names in an expression.
 const KEYWORDS: &[&str] = &[
-    "true", "false", "none", "True", "False", "None", "not", "and", "or", "in", "is", "if",
-    "else", "loop", "self", "super", "caller", "varargs", "kwargs",
+    "true", "false", "none", "True", "False", "None", "not", "and", "or", "in", "is", "if", "else",
+    "loop", "self", "super", "caller", "varargs", "kwargs",
 ];
 
 /// The path an expression is, when it is nothing but `name(.name)*`.
@@ -119,7 +119,10 @@ mod tests {
 
     #[test]
     fn only_plain_paths_and_text_qualify() {
-        assert_eq!(path(" vars.reason "), Some(vec!["vars".into(), "reason".into()]));
+        assert_eq!(
+            path(" vars.reason "),
+            Some(vec!["vars".into(), "reason".into()])
+        );
         assert_eq!(path("now"), Some(vec!["now".into()]));
         for not in [
             "none",
@@ -143,7 +146,13 @@ mod tests {
                 Segment::Path(vec!["z".into()]),
             ])
         );
-        for not in ["{% if x %}y{% endif %}", "{{- x }}", "{{ x | upper }}", "{# c #}", "{{ x"] {
+        for not in [
+            "{% if x %}y{% endif %}",
+            "{{- x }}",
+            "{{ x | upper }}",
+            "{# c #}",
+            "{{ x",
+        ] {
             assert_eq!(text(not), None, "{not}");
         }
     }

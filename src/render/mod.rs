@@ -16,9 +16,9 @@ pub mod chains;
 mod filters;
 pub mod scan;
 
+pub use batch::Prefetched;
 /// A template value (the context templates are rendered with).
 pub use minijinja::Value as JValue;
-pub use batch::Prefetched;
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -458,12 +458,7 @@ impl Templates {
     }
 
     /// Evaluates a [`Tmpl`], taking its value from `pre` when it was prefetched.
-    pub fn value_in(
-        &self,
-        t: &Tmpl,
-        ctx: &JValue,
-        pre: &Prefetched,
-    ) -> Result<Value, RenderError> {
+    pub fn value_in(&self, t: &Tmpl, ctx: &JValue, pre: &Prefetched) -> Result<Value, RenderError> {
         if let Tmpl::Text(id) | Tmpl::Expr(id) = t
             && let Some(v) = pre.get(*id)
         {
@@ -478,12 +473,7 @@ impl Templates {
     }
 
     /// [`Templates::text`], taking the value from `pre` when it was prefetched.
-    pub fn text_in(
-        &self,
-        t: &Tmpl,
-        ctx: &JValue,
-        pre: &Prefetched,
-    ) -> Result<String, RenderError> {
+    pub fn text_in(&self, t: &Tmpl, ctx: &JValue, pre: &Prefetched) -> Result<String, RenderError> {
         Ok(match self.value_in(t, ctx, pre)? {
             Value::String(s) => s,
             Value::Null => String::new(),

@@ -2,8 +2,8 @@
 //! the templates a step evaluates in one context are compiled together, so that a decision
 //! evaluates them in one minijinja evaluation state instead of one each.
 
-use super::compiled::{ActionRules, TmplTree};
 use super::Rules;
+use super::compiled::{ActionRules, TmplTree};
 use crate::render::{Templates, Tmpl};
 
 /// Gives every block of effects of `rules` its combined templates.
@@ -37,7 +37,11 @@ fn plan_action(templates: &mut Templates, action: &mut ActionRules, record: Opti
         tree_ids(tree, &mut status);
     }
     for c in &action.conditions {
-        status.extend([&c.status, &c.reason, &c.message].into_iter().filter_map(id));
+        status.extend(
+            [&c.status, &c.reason, &c.message]
+                .into_iter()
+                .filter_map(id),
+        );
     }
     action.batches.status = templates.add_batch(&status);
 

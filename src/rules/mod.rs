@@ -16,10 +16,10 @@
 //! whole), `compiled` (the compiled types), [`locate`] (positions in the YAML text), `suggest`
 //! ("did you mean" for misspelt names), [`kind`] (rules file or scenario).
 
+mod batches;
 mod checks;
 #[cfg(test)]
 mod compile_tests;
-mod batches;
 mod compiled;
 mod compiler;
 mod crd;
@@ -39,10 +39,10 @@ mod suggest;
 mod watch;
 
 pub use compiled::{
-    ActionBatches, ActionRules, AuditRules, ChildRef, ChildRules, ConditionRules, CooldownRules, Deps, EventRules,
-    ExecutionRules, LookupNamespace, LookupRules, MatcherRules, MetricRules, PhaseRules,
-    RelatedRules, ResourceRules, RetryRules, RolloutRules, SimulatedChangeRules, SimulationRules,
-    TableRules, TmplTree, TransitionRules, ValidationRules, ValueKind, ValueRules,
+    ActionBatches, ActionRules, AuditRules, ChildRef, ChildRules, ConditionRules, CooldownRules,
+    Deps, EventRules, ExecutionRules, LookupNamespace, LookupRules, MatcherRules, MetricRules,
+    PhaseRules, RelatedRules, ResourceRules, RetryRules, RolloutRules, SimulatedChangeRules,
+    SimulationRules, TableRules, TmplTree, TransitionRules, ValidationRules, ValueKind, ValueRules,
 };
 pub use crd::{KindSchema, find_kind_schema, status_problems};
 pub use reads::{Keep, ObjectReads, RUNTIME_METADATA, Steps};
