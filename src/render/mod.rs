@@ -11,8 +11,8 @@
 //! (numbers stay numbers, `none` stays null); any other template renders to a string.
 
 mod batch;
-mod direct;
 pub mod chains;
+mod direct;
 mod filters;
 pub mod scan;
 
