@@ -102,8 +102,9 @@ pub(super) struct Scope<'a> {
     pub attempt: u64,
     attempt_value: Value,
     error: Value,
-    /// Every child by name (the lock's included): the object, or null.
-    children_value: Value,
+    /// Every child by name (the lock's included): the object, or null; built on the first
+    /// path that reads it.
+    children_value: std::cell::OnceCell<Value>,
     phase_value: Value,
     now_value: Value,
     related: Bound,
@@ -156,11 +157,18 @@ impl<'a> Scope<'a> {
             .unwrap_or(Value::Null);
         let now_text = crate::time::format_secs(now);
         let attempt = super::attempts::observed_attempt(rules, &obs.resource);
-        let children_value = children_doc(rules, obs.execution.as_ref(), &obs.children);
+        // the lock child is the execution object: converted once, shared by both names
+        let execution = JValue::from_serialize(&obs.execution);
+        let children: JValue = std::iter::once((rules.lock.clone(), execution.clone()))
+            .chain(rules.children.iter().map(|c| {
+                let child = obs.children.get(&c.name).unwrap_or(&Value::Null);
+                (c.name.clone(), JValue::from_serialize(child))
+            }))
+            .collect();
         let base = context! {
             resource => JValue::from_serialize(&obs.resource),
-            execution => JValue::from_serialize(&obs.execution),
-            children => JValue::from_serialize(&children_value),
+            execution => execution,
+            children => children,
             owned => JValue::from(owned),
             error => JValue::from_serialize(&error),
             settings => JValue::from_serialize(&rules.settings),
@@ -182,7 +190,7 @@ impl<'a> Scope<'a> {
             attempt,
             attempt_value: Value::from(attempt),
             error,
-            children_value,
+            children_value: std::cell::OnceCell::new(),
             related: Bound {
                 tmpl: JValue::from_serialize(&obs.related),
                 json: related,
@@ -487,7 +495,9 @@ impl Env for Scope<'_> {
             Root::Now => &self.now_value,
             Root::Object => &self.object.json,
             Root::Attempt => &self.attempt_value,
-            Root::Children => &self.children_value,
+            Root::Children => self.children_value.get_or_init(|| {
+                children_doc(self.rules, self.obs.execution.as_ref(), &self.obs.children)
+            }),
         })
     }
 
