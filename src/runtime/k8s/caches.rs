@@ -6,8 +6,9 @@
 //! labels), and keeps of each object only the fields the rules read, below the top level too
 //! (`apiVersion`, `kind` and the metadata the runtime reads always, never `managedFields`:
 //! `projection.rs`). Reads go to the caches: an object
-//! absent from a synced cache is absent, with no request. A read the caches cannot answer (the
-//! kind is not watched, the cache has not synced yet, the namespace is outside its scope) is
+//! absent from a synced cache whose watch is up is absent, with no request. A read the caches cannot answer (the
+//! kind is not watched, the cache has not synced yet or lists again after a watch error, the
+//! namespace is outside its scope) is
 //! [`Cached::Unknown`]; the caller reads the API server then.
 //!
 //! An object this controller just created may not be in its cache yet: the create's answer is
@@ -56,6 +57,10 @@ struct KindCache {
     ar: ApiResource,
     store: Store<DynamicObject>,
     synced: Arc<AtomicBool>,
+    /// Its watch is up and its last list is complete: only then is an object it lacks absent
+    /// (after a watch error, and while it lists again, something created meanwhile may be
+    /// missing from it).
+    live: Arc<AtomicBool>,
     /// How far its events have got (see [`Progress`]).
     progress: Arc<Progress>,
     /// Where it watches and what it keeps; read when a watch (re)starts.
@@ -166,6 +171,8 @@ impl Caches {
         })
         .flatten();
         let flag = synced.clone();
+        let live = Arc::new(AtomicBool::new(false));
+        let up = live.clone();
         let progress = Arc::new(Progress::default());
         let applied = progress.clone();
         // the reflector has stored each event when it passes it on
@@ -174,8 +181,13 @@ impl Caches {
                 if let Ok(event) = e {
                     applied.applied(event);
                 }
-                if let Ok(watcher::Event::InitDone) = e {
-                    flag.store(true, Ordering::SeqCst);
+                match e {
+                    Ok(watcher::Event::InitDone) => {
+                        flag.store(true, Ordering::SeqCst);
+                        up.store(true, Ordering::SeqCst);
+                    }
+                    Ok(watcher::Event::Init) | Err(_) => up.store(false, Ordering::SeqCst),
+                    Ok(_) => {}
                 }
             })
             .touched_objects();
@@ -185,6 +197,7 @@ impl Caches {
                 ar,
                 store,
                 synced,
+                live,
                 progress,
                 scope,
                 restart,
@@ -312,7 +325,8 @@ impl Caches {
                     }
                     match kc.store.get(&r) {
                         Some(o) => Cached::Found(o),
-                        None => Cached::Absent,
+                        None if kc.live.load(Ordering::SeqCst) => Cached::Absent,
+                        None => Cached::Unknown,
                     }
                 }
                 _ => Cached::Unknown,
