@@ -5,7 +5,7 @@
 //! else all) and only objects with the labels the rules require (the execution objects' owner
 //! labels), and keeps of each object only the fields the rules read, below the top level too
 //! (`apiVersion`, `kind` and the metadata the runtime reads always, never `managedFields`:
-//! `projection.rs`). Reads go to the caches: an object
+//! `projection.rs`), as compact JSON text decoded when read (`compact.rs`). Reads go to the caches: an object
 //! absent from a synced cache whose watch is up is absent, with no request. A read the caches cannot answer (the
 //! kind is not watched, the cache has not synced yet or lists again after a watch error, the
 //! namespace is outside its scope) is
@@ -21,6 +21,7 @@
 //! list; the cache keeps its contents until the new list is complete). A kind the new rules no
 //! longer read stops, unless its changes wake the controller (the execution kind).
 
+use super::compact::{self, Compact};
 use super::count_restarts;
 use super::progress::Progress;
 use super::projection::project;
@@ -32,6 +33,7 @@ use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,7 +47,7 @@ pub const CREATED_TTL: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub enum Cached {
     /// There, as last seen (or as its create returned it).
-    Found(Arc<DynamicObject>),
+    Found(Value),
     /// Not there: the cache is synced and covers where it would be.
     Absent,
     /// The caches cannot say (kind not watched, not synced yet, outside the watched scope).
@@ -54,8 +56,7 @@ pub enum Cached {
 
 /// One kind's cache.
 struct KindCache {
-    ar: ApiResource,
-    store: Store<DynamicObject>,
+    store: Store<Compact>,
     synced: Arc<AtomicBool>,
     /// Its watch is up and its last list is complete: only then is an object it lacks absent
     /// (after a watch error, and while it lists again, something created meanwhile may be
@@ -124,7 +125,7 @@ impl Caches {
         let key = (spec.api_version.clone(), spec.kind.clone());
         let scope = Arc::new(Mutex::new(spec));
         let (restart, restarts) = signal::channel(0u64);
-        let writer = reflector::store::Writer::new(ar.clone());
+        let mut writer = reflector::store::Writer::<Compact>::new(());
         let store = writer.as_reader();
         let synced = Arc::new(AtomicBool::new(false));
         let (client, timeout, watch_ar, watch_scope) = (
@@ -175,10 +176,11 @@ impl Caches {
         let up = live.clone();
         let progress = Arc::new(Progress::default());
         let applied = progress.clone();
-        // the reflector has stored each event when it passes it on
-        let stream = reflector::reflector(writer, generations)
+        // each event is stored, compactly, before it is passed on
+        let stream = generations
             .inspect(move |e| {
                 if let Ok(event) = e {
+                    writer.apply_watcher_event(&compact::convert(event, Compact::new));
                     applied.applied(event);
                 }
                 match e {
@@ -194,7 +196,6 @@ impl Caches {
         lock(&self.kinds).insert(
             key,
             KindCache {
-                ar,
                 store,
                 synced,
                 live,
@@ -311,59 +312,64 @@ impl Caches {
 
     /// What the caches know of one object.
     pub fn get(&self, key: &ObjectKey) -> Cached {
-        let seen = {
+        // Some(found or not); None: the caches cannot say
+        let seen: Option<Option<Arc<Compact>>> = {
             let kinds = lock(&self.kinds);
             match kinds.get(&(key.api_version.clone(), key.kind.clone())) {
                 Some(kc)
                     if kc.synced.load(Ordering::SeqCst)
                         && lock(&kc.scope).covers(&key.namespace) =>
                 {
-                    let mut r = ObjectRef::new_with(&key.name, kc.ar.clone());
+                    let mut r = ObjectRef::new_with(&key.name, ());
                     // a cluster-scoped object has no namespace
                     if !key.namespace.is_empty() {
                         r = r.within(&key.namespace);
                     }
                     match kc.store.get(&r) {
-                        Some(o) => Cached::Found(o),
-                        None if kc.live.load(Ordering::SeqCst) => Cached::Absent,
-                        None => Cached::Unknown,
+                        Some(o) => Some(Some(o)),
+                        None if kc.live.load(Ordering::SeqCst) => Some(None),
+                        None => None,
                     }
                 }
-                _ => Cached::Unknown,
+                _ => None,
             }
         };
         let mut created = lock(&self.created);
         match seen {
-            Cached::Found(o) => {
+            Some(Some(o)) => {
                 created.remove(key);
                 drop(created);
                 // a patch this controller made and the watch has not delivered yet
                 let mut patched = lock(&self.patched);
                 match patched.get(key) {
-                    Some((at, p)) if at.elapsed() < CREATED_TTL && !caught_up(&o, p) => {
-                        Cached::Found(p.clone())
+                    Some((at, p)) if at.elapsed() < CREATED_TTL && !caught_up(&o.version(), p) => {
+                        Cached::Found(to_value(p))
                     }
                     Some(_) => {
                         patched.remove(key);
-                        Cached::Found(o)
+                        drop(patched);
+                        Cached::Found(o.value())
                     }
-                    None => Cached::Found(o),
+                    None => {
+                        drop(patched);
+                        Cached::Found(o.value())
+                    }
                 }
             }
             other => match created.get(key) {
-                Some((at, o)) if at.elapsed() < CREATED_TTL => Cached::Found(o.clone()),
+                Some((at, o)) if at.elapsed() < CREATED_TTL => Cached::Found(to_value(o)),
                 Some(_) => {
                     created.remove(key);
-                    other
+                    answer(other)
                 }
-                None => other,
+                None => answer(other),
             },
         }
     }
 
     /// Every object of a kind in its cache (`None` when the kind is not watched or its cache
     /// has not synced).
-    pub fn list(&self, api_version: &str, kind: &str) -> Option<Vec<Arc<DynamicObject>>> {
+    pub fn list(&self, api_version: &str, kind: &str) -> Option<Vec<Arc<Compact>>> {
         lock(&self.kinds)
             .get(&(api_version.to_string(), kind.to_string()))
             .filter(|kc| kc.synced.load(Ordering::SeqCst))
@@ -394,20 +400,32 @@ impl Caches {
     }
 }
 
-/// Whether the cache's copy of an object is `remembered` or a later version of it: another
-/// object of the same name (another uid), or a resourceVersion at least the remembered one's
-/// (they are etcd revisions; one that is not a number counts as caught up).
-fn caught_up(cached: &DynamicObject, remembered: &DynamicObject) -> bool {
-    if cached.metadata.uid != remembered.metadata.uid {
+/// What a cache that lacks an object says of it.
+fn answer(seen: Option<Option<Arc<Compact>>>) -> Cached {
+    match seen {
+        Some(_) => Cached::Absent,
+        None => Cached::Unknown,
+    }
+}
+
+/// An answer of the API server as the caches' readers see it (without `managedFields`).
+fn to_value(o: &DynamicObject) -> Value {
+    super::reconcile::to_value(o)
+}
+
+/// Whether the cache's copy of an object (as `cached` gives its uid and resourceVersion) is
+/// `remembered` or a later version of it: another object of the same name (another uid), or a
+/// resourceVersion at least the remembered one's (they are etcd revisions; one that is not a
+/// number counts as caught up).
+fn caught_up(cached: &compact::Version, remembered: &DynamicObject) -> bool {
+    if cached.uid != remembered.metadata.uid {
         return true;
     }
-    let version = |o: &DynamicObject| {
-        o.metadata
-            .resource_version
-            .as_deref()
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    match (version(cached), version(remembered)) {
+    let number = |v: Option<&str>| v.and_then(|v| v.parse::<u64>().ok());
+    match (
+        number(cached.resource_version.as_deref()),
+        number(remembered.metadata.resource_version.as_deref()),
+    ) {
         (Some(c), Some(r)) => c >= r,
         _ => true,
     }
@@ -425,17 +443,22 @@ mod tests {
         .expect("object")
     }
 
+    /// What a cache's copy says of its version.
+    fn cached(uid: &str, rv: &str) -> compact::Version {
+        Compact::new(&version(uid, rv)).version()
+    }
+
     #[test]
     fn a_patch_answer_stands_until_the_cache_has_its_version() {
         let answer = version("u1", "120");
         // the cache still holds the object from before the patch: the answer stands
-        assert!(!caught_up(&version("u1", "119"), &answer));
+        assert!(!caught_up(&cached("u1", "119"), &answer));
         // the watch delivered the patch, or a later change: the cache is right
-        assert!(caught_up(&version("u1", "120"), &answer));
-        assert!(caught_up(&version("u1", "121"), &answer));
+        assert!(caught_up(&cached("u1", "120"), &answer));
+        assert!(caught_up(&cached("u1", "121"), &answer));
         // another object of the same name replaced it: the cache is right
-        assert!(caught_up(&version("u2", "5"), &answer));
+        assert!(caught_up(&cached("u2", "5"), &answer));
         // versions that are not numbers cannot be ordered: trust the cache
-        assert!(caught_up(&version("u1", "x"), &answer));
+        assert!(caught_up(&cached("u1", "x"), &answer));
     }
 }

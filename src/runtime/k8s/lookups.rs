@@ -8,9 +8,9 @@
 //! times, a rules reload), which is what the rules can rely on; rules that must react to
 //! another object's change poll (`poll` on the phase).
 
+use super::compact::{Compact, CompactResource};
 use super::{Caches, Error};
 use crate::engine::LookupRequest;
-use kube::api::DynamicObject;
 use kube::runtime::reflector::Store;
 use serde_json::Value;
 use std::sync::Arc;
@@ -23,20 +23,42 @@ const SYNC_WAIT: Duration = Duration::from_secs(30);
 pub struct LookupCaches {
     caches: Arc<Caches>,
     /// The governed kind (`apiVersion`, `kind`) and the controller's cache of it.
-    governed: ((String, String), Store<DynamicObject>),
+    governed: ((String, String), Store<CompactResource>),
+}
+
+/// The objects of one kind, from either kind of cache.
+enum Objects {
+    Governed(Vec<Arc<CompactResource>>),
+    Other(Vec<Arc<Compact>>),
+}
+
+impl Objects {
+    /// Each object's namespace, name and JSON text.
+    fn each(&self) -> Vec<(Option<&str>, &str, &str)> {
+        match self {
+            Objects::Governed(all) => all
+                .iter()
+                .map(|o| (o.namespace(), o.name(), o.json()))
+                .collect(),
+            Objects::Other(all) => all
+                .iter()
+                .map(|o| (o.namespace(), o.name(), o.json()))
+                .collect(),
+        }
+    }
 }
 
 impl LookupCaches {
     /// Lookups served from the registry, and from the governed kind's own cache.
     pub fn new(
         caches: Arc<Caches>,
-        governed: ((String, String), Store<DynamicObject>),
+        governed: ((String, String), Store<CompactResource>),
     ) -> LookupCaches {
         LookupCaches { caches, governed }
     }
 
     /// Every object of the request's kind, once its cache has its first full list.
-    async fn objects(&self, request: &LookupRequest) -> Result<Vec<Arc<DynamicObject>>, Error> {
+    async fn objects(&self, request: &LookupRequest) -> Result<Objects, Error> {
         let governed = (request.api_version.clone(), request.kind.clone()) == self.governed.0;
         let deadline = tokio::time::Instant::now() + SYNC_WAIT;
         loop {
@@ -49,10 +71,10 @@ impl LookupCaches {
                 .await
                 .is_ok()
                 {
-                    return Ok(self.governed.1.state());
+                    return Ok(Objects::Governed(self.governed.1.state()));
                 }
             } else if let Some(all) = self.caches.list(&request.api_version, &request.kind) {
-                return Ok(all);
+                return Ok(Objects::Other(all));
             } else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -71,28 +93,23 @@ impl LookupCaches {
     /// The objects a lookup asks for.
     pub async fn find(&self, request: &LookupRequest) -> Result<Vec<Value>, Error> {
         let mut found = Vec::new();
-        for obj in self.objects(request).await? {
-            let meta = &obj.metadata;
+        let objects = self.objects(request).await?;
+        for (namespace, name, json) in objects.each() {
             if request
                 .namespace
                 .as_ref()
-                .is_some_and(|ns| meta.namespace.as_deref().unwrap_or_default() != ns)
-                || request
-                    .object_name
-                    .as_ref()
-                    .is_some_and(|n| meta.name.as_deref() != Some(n.as_str()))
+                .is_some_and(|ns| namespace.unwrap_or_default() != ns)
+                || request.object_name.as_ref().is_some_and(|n| name != n)
             {
                 continue;
             }
-            let labels = meta.labels.as_ref();
-            if !request
-                .labels
-                .iter()
-                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
-            {
+            let mut v: Value = serde_json::from_str(json).unwrap_or(Value::Null);
+            let labels = v.pointer("/metadata/labels");
+            if !request.labels.iter().all(|(k, want)| {
+                labels.and_then(|l| l.get(k)).and_then(Value::as_str) == Some(want.as_str())
+            }) {
                 continue;
             }
-            let mut v = serde_json::to_value(&*obj).unwrap_or(Value::Null);
             if let Some(m) = v.as_object_mut() {
                 // list items of built-in kinds come without their type
                 m.entry("apiVersion")

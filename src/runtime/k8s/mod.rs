@@ -9,11 +9,12 @@
 
 mod caches;
 mod client;
+pub mod compact;
 mod crd;
 mod lease;
 mod lookups;
 mod progress;
-mod projection;
+pub mod projection;
 mod reconcile;
 mod related;
 pub mod revision_store;
@@ -29,7 +30,8 @@ use crate::rules::Rules;
 use crate::runtime::audit::AuditSink;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::reload::{self, RulesHandle};
-use futures::StreamExt;
+use compact::{CompactResource, SharedKind};
+use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
@@ -229,8 +231,9 @@ pub async fn run(
     let caches = Arc::new(Caches::new(client.clone(), watch_timeout, metrics.clone()));
     // a kind read only by caches that rules loaded later name as a child's: its changes wake
     // the resource they belong to by the latest rules' owner labels
-    let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded::<ObjectRef<DynamicObject>>();
-    let (wake_rules, wake_ar) = (rules.clone(), resource_ar.clone());
+    let governed: SharedKind = Arc::new(resource_ar.clone());
+    let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded::<ObjectRef<CompactResource>>();
+    let (wake_rules, wake_ar) = (rules.clone(), governed.clone());
     caches.on_change(Arc::new(move |kind, obj| {
         let current = wake_rules.current();
         let owners: Vec<_> = std::iter::once(&current.execution)
@@ -261,7 +264,7 @@ pub async fn run(
         if exec_stream.is_none() {
             exec_stream = Some(caches.start(ar, w, "execution"));
         } else if let Some(labels) = owners.get(&key) {
-            let mapper = map_to_owner(labels.clone(), resource_ar.clone());
+            let mapper = map_to_owner(labels.clone(), governed.clone());
             child_streams.push((caches.start(ar.clone(), w, "child"), mapper, ar));
         } else {
             caches.start_driven(ar, w);
@@ -282,7 +285,7 @@ pub async fn run(
             ))
             .cloned()
             .unwrap_or_default(),
-        resource_ar.clone(),
+        governed.clone(),
     );
 
     let recorder = Recorder::new(
@@ -292,8 +295,8 @@ pub async fn run(
             instance: settings.instance.clone(),
         },
     );
-    // the resources, trimmed before the cache stores them
-    let resource_writer = reflector::store::Writer::new(resource_ar.clone());
+    // the resources, without managedFields, kept compactly (`compact.rs`)
+    let mut resource_writer = reflector::store::Writer::<CompactResource>::new(governed.clone());
     let resource_store = resource_writer.as_reader();
     let lookups = lookups::LookupCaches::new(
         caches.clone(),
@@ -347,14 +350,18 @@ pub async fn run(
         }
     });
 
-    let resource_stream = reflector::reflector(
-        resource_writer,
-        watcher(resources, watcher::Config::default().timeout(watch_timeout))
-            .inspect(count_restarts(metrics.clone(), "resource"))
-            .modify(|o| o.metadata.managed_fields = None)
-            .default_backoff(),
-    )
-    .applied_objects();
+    // each event is stored before it is passed on
+    let resource_stream = watcher(resources, watcher::Config::default().timeout(watch_timeout))
+        .inspect(count_restarts(metrics.clone(), "resource"))
+        .modify(|o| o.metadata.managed_fields = None)
+        .default_backoff()
+        .map_ok(|event| compact::convert(&event, CompactResource::new))
+        .inspect(move |e| {
+            if let Ok(event) = e {
+                resource_writer.apply_watcher_event(event);
+            }
+        })
+        .applied_objects();
     // a reload must not strand a resource of this cache in a phase the new rules lack, and a
     // revision a resource of it is pinned to stays loaded: known once the cache is synced
     let census_store = resource_store.clone();
@@ -363,19 +370,16 @@ pub async fn run(
             .state()
             .iter()
             .map(|o| {
+                let status = o.value().get_mut("status").map(serde_json::Value::take);
                 (
-                    format!(
-                        "{}/{}",
-                        o.metadata.namespace.as_deref().unwrap_or_default(),
-                        o.metadata.name.as_deref().unwrap_or_default()
-                    ),
-                    serde_json::json!({ "status": o.data.get("status") }),
+                    format!("{}/{}", o.namespace().unwrap_or_default(), o.name()),
+                    serde_json::json!({ "status": status }),
                 )
             })
             .collect()
     });
     let mut controller =
-        Controller::for_stream_with(resource_stream, resource_store, resource_ar.clone())
+        Controller::for_stream_with(resource_stream, resource_store, governed.clone())
             .with_config(ControllerConfig::default().concurrency(settings.concurrency))
             .watches_stream_with(exec_stream, map_back, execution_ar.clone());
     for (stream, mapper, ar) in child_streams {
@@ -429,8 +433,8 @@ pub async fn run(
 /// of the rules' children and their labels).
 fn map_to_owner(
     owners: Vec<crate::rules::model::OwnerLabels>,
-    resource: ApiResource,
-) -> impl Fn(DynamicObject) -> Option<ObjectRef<DynamicObject>> + Send + Sync + Clone + 'static {
+    resource: SharedKind,
+) -> impl Fn(DynamicObject) -> Option<ObjectRef<CompactResource>> + Send + Sync + Clone + 'static {
     move |obj: DynamicObject| {
         let labels = obj.metadata.labels.clone().unwrap_or_default();
         owners.iter().find_map(|owner| {

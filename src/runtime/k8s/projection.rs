@@ -8,7 +8,7 @@ use kube::api::DynamicObject;
 
 /// Keeps of an object what the rules read of it. `keep` is the kind's
 /// [`Keep::with_runtime_fields`].
-pub(super) fn project(o: &mut DynamicObject, keep: &Keep) {
+pub fn project(o: &mut DynamicObject, keep: &Keep) {
     let m = &mut o.metadata;
     m.managed_fields = None;
     if let Keep::Part { fields, .. } = keep {

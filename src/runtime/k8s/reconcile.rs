@@ -2,6 +2,7 @@
 //! out, again until nothing is left to do) is the engine's [`drive`]; this file reads objects
 //! (the watch cache first) and carries out one effect at a time against the API server.
 
+use super::compact::CompactResource;
 use super::progress::parse_version;
 use super::status_guard::{STATUS_NOT_PERSISTED, lost_fields};
 use super::{Cached, Ctx, Error, backoff, shard_of};
@@ -59,20 +60,28 @@ fn code(e: &kube::Error) -> u16 {
 }
 
 /// Reconciles one governed resource.
-pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+pub async fn reconcile(obj: Arc<CompactResource>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let started = Instant::now();
+    // the resource as the cache has it, decoded once for the whole reconcile
+    let cached = obj.value();
     // the latest rules, or the revision the resource is pinned to (`rollout`)
-    let status = serde_json::json!({"status": obj.data.get("status")});
+    let status = serde_json::json!({"status": cached.get("status")});
     let chosen = ctx.rules.choose(&status);
     let rules = chosen.rules;
     if let Some(unavailable) = &chosen.unavailable {
-        super::revision_store::report_unavailable(&ctx, &obj, unavailable, &rules.revision).await;
+        super::revision_store::report_unavailable(
+            &ctx,
+            &obj.object(),
+            unavailable,
+            &rules.revision,
+        )
+        .await;
     }
-    let result = reconcile_with(&obj, &ctx, &rules).await;
+    let uid = text_at(&cached, "/metadata/uid");
+    let result = reconcile_with(&obj, cached, &ctx, &rules).await;
     ctx.metrics
         .reconcile_seconds
         .observe(started.elapsed().as_secs_f64());
-    let uid = obj.metadata.uid.clone().unwrap_or_default();
     match &result {
         Ok(_) => {
             ctx.metrics
@@ -96,13 +105,13 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
 }
 
 /// What the controller runtime does after a failed reconcile: retry with capped backoff.
-pub fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Ctx>) -> Action {
-    let uid = obj.metadata.uid.clone().unwrap_or_default();
+pub fn error_policy(obj: Arc<CompactResource>, err: &Error, ctx: Arc<Ctx>) -> Action {
+    let uid = obj.version().uid.unwrap_or_default();
     let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
     let n = failures.entry(uid).or_insert(0);
     *n += 1;
     tracing::warn!(
-        resource = %format!("{}/{}", obj.metadata.namespace.clone().unwrap_or_default(), obj.metadata.name.clone().unwrap_or_default()),
+        resource = %format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name()),
         error = %err,
         attempt = *n,
         "reconcile failed; retrying"
@@ -110,10 +119,15 @@ pub fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Ctx>) -> Acti
     Action::requeue(backoff(*n - 1))
 }
 
-async fn reconcile_with(obj: &DynamicObject, ctx: &Ctx, rules: &Rules) -> Result<Action, Error> {
-    let name = obj.metadata.name.clone().unwrap_or_default();
-    let namespace = obj.metadata.namespace.clone().unwrap_or_default();
-    let resource = newest(ctx, obj);
+async fn reconcile_with(
+    obj: &CompactResource,
+    cached: Value,
+    ctx: &Ctx,
+    rules: &Rules,
+) -> Result<Action, Error> {
+    let name = obj.name().to_string();
+    let namespace = obj.namespace().unwrap_or_default().to_string();
+    let resource = newest(ctx, cached);
 
     if let Some((index, count)) = ctx.shard {
         match engine::execution_key(rules, &resource, now_secs()) {
@@ -331,8 +345,7 @@ impl World for Cluster<'_> {
 
 /// The resource as its cache has it, or as this controller last wrote it when the cache has not
 /// shown that write yet (a decision on the older copy would only lose a conflict).
-fn newest(ctx: &Ctx, obj: &DynamicObject) -> Value {
-    let cached = to_value(obj);
+fn newest(ctx: &Ctx, cached: Value) -> Value {
     let uid = text_at(&cached, "/metadata/uid");
     let mut written = ctx.written.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(w) = written.get(&uid) {
@@ -398,7 +411,7 @@ async fn api_for(ctx: &Ctx, k: &ObjectKey) -> Result<Api<DynamicObject>, Error> 
 /// they cannot say.
 pub(super) async fn observe(ctx: &Ctx, k: &ObjectKey) -> Result<Option<Value>, Error> {
     match ctx.caches.get(k) {
-        Cached::Found(obj) => Ok(Some(to_value(&obj))),
+        Cached::Found(obj) => Ok(Some(obj)),
         Cached::Absent => Ok(None),
         Cached::Unknown => get_object(ctx, k).await.map(|o| o.as_ref().map(to_value)),
     }
