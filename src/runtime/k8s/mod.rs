@@ -11,6 +11,7 @@ mod caches;
 mod client;
 pub mod compact;
 mod crd;
+pub mod events;
 mod lease;
 mod lookups;
 mod progress;
@@ -35,7 +36,6 @@ use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, discovery};
@@ -122,7 +122,7 @@ pub struct Ctx {
     pub(crate) written: std::sync::Mutex<HashMap<String, serde_json::Value>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) audit: AuditSink,
-    pub(crate) recorder: Recorder,
+    pub(crate) recorder: events::Recorder,
     pub(crate) shard: Option<(u32, u32)>,
     pub(crate) failures: std::sync::Mutex<HashMap<String, u32>>,
     pub(crate) status_guard: status_guard::StatusGuard,
@@ -288,12 +288,10 @@ pub async fn run(
         governed.clone(),
     );
 
-    let recorder = Recorder::new(
+    let recorder = events::Recorder::new(
         client.clone(),
-        Reporter {
-            controller: current.resource.component.clone(),
-            instance: settings.instance.clone(),
-        },
+        current.resource.component.clone(),
+        settings.instance.clone(),
     );
     // the resources, without managedFields, kept compactly (`compact.rs`)
     let mut resource_writer = reflector::store::Writer::<CompactResource>::new(governed.clone());
@@ -545,13 +543,7 @@ pub fn report_reload_errors(
         .ok()
         .zip(std::env::var("POD_NAMESPACE").ok());
     tokio::spawn(async move {
-        let recorder = Recorder::new(
-            client,
-            Reporter {
-                controller: component,
-                instance: Some(identity),
-            },
-        );
+        let recorder = events::Recorder::new(client, component, Some(identity));
         while let Some(report) = reports.recv().await {
             let Some((name, namespace)) = &pod else {
                 continue;
@@ -571,12 +563,11 @@ pub fn report_reload_errors(
                 }
                 note.truncate(end);
             }
-            let event = kube::runtime::events::Event {
-                type_: kube::runtime::events::EventType::Warning,
-                reason: "RulesRejected".into(),
-                note: Some(note),
-                action: "Reload".into(),
-                secondary: None,
+            let event = events::Event {
+                type_: events::EventType::Warning,
+                reason: "RulesRejected",
+                note: &note,
+                action: "Reload",
             };
             if let Err(e) = recorder.publish(&event, &reference).await {
                 tracing::warn!(error = %e, "cannot record the RulesRejected Event");

@@ -3,6 +3,7 @@
 //! (the watch cache first) and carries out one effect at a time against the API server.
 
 use super::compact::CompactResource;
+use super::events::{Event, EventType};
 use super::progress::parse_version;
 use super::status_guard::{STATUS_NOT_PERSISTED, lost_fields};
 use super::{Cached, Ctx, Error, backoff, shard_of};
@@ -13,7 +14,6 @@ use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions,
 };
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -587,10 +587,9 @@ async fn carry_out(w: &mut Cluster<'_>, effect: &Effect) -> Result<Outcome<Error
                 } else {
                     EventType::Normal
                 },
-                reason: ev.reason.clone(),
-                note: Some(ev.message.clone()),
-                action: ev.action.clone(),
-                secondary: None,
+                reason: &ev.reason,
+                note: &ev.message,
+                action: &ev.action,
             };
             ctx.metrics.api("create", "Event");
             if let Err(e) = ctx.recorder.publish(&event, &reference).await {
@@ -641,10 +640,9 @@ async fn report_not_persisted(ctx: &Ctx, resource: &Value, label: &str, lost: &[
     );
     let event = Event {
         type_: EventType::Warning,
-        reason: STATUS_NOT_PERSISTED.into(),
-        note: Some(note),
-        action: "PatchStatus".into(),
-        secondary: None,
+        reason: STATUS_NOT_PERSISTED,
+        note: &note,
+        action: "PatchStatus",
     };
     ctx.metrics.api("create", "Event");
     if let Err(e) = ctx

@@ -14,13 +14,13 @@
 //! once per resource ([`report_unavailable`]).
 
 use super::Ctx;
+use super::events::{Event, EventType};
 use crate::rules::Rules;
 use crate::runtime::revisions::Revisions;
 use crate::runtime::stored_rules::{self, Stored};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, ObjectMeta, PostParams};
-use kube::runtime::events::{Event, EventType};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -370,10 +370,9 @@ pub(crate) async fn report_unavailable(
     tracing::warn!(resource = %label, revision = %revision, latest = %latest, reason = %why, "the rules revision a resource is pinned to is unavailable; the latest rules decide it");
     let event = Event {
         type_: EventType::Warning,
-        reason: "RulesRevisionUnavailable".into(),
-        note: Some(truncated(note, 1000)),
-        action: "Decide".into(),
-        secondary: None,
+        reason: "RulesRevisionUnavailable",
+        note: &truncated(note, 1000),
+        action: "Decide",
     };
     let reference = kube::Resource::object_ref(obj, &ctx.resource_ar);
     ctx.metrics.api("create", "Event");
