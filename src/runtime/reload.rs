@@ -148,7 +148,7 @@ pub fn start(
     let state: Arc<Mutex<ReloadState>> = Arc::default();
     let (err_tx, err_rx) = mpsc::channel(16);
     let census: Arc<Mutex<Option<Census>>> = Arc::default();
-    let revisions = Arc::new(Revisions::new(&initial, sources));
+    let revisions = Arc::new(Revisions::new(&initial, sources.clone()));
     let handle = RulesHandle {
         rx,
         state: state.clone(),
@@ -188,7 +188,7 @@ pub fn start(
         config,
         metrics,
         (census, revisions),
-        initial.revision.clone(),
+        (initial.revision.clone(), sources),
     ));
     (handle, err_rx)
 }
@@ -230,7 +230,7 @@ async fn run(
     config: Config,
     metrics: Arc<Metrics>,
     (census, revisions): (Arc<Mutex<Option<Census>>>, Arc<Revisions>),
-    mut revision: String,
+    (mut revision, mut in_force): (String, Option<Arc<Sources>>),
 ) {
     let mut last_rejected: Option<String> = None;
     let mut ticker = tokio::time::interval(config.poll);
@@ -254,15 +254,22 @@ async fn run(
         let file = config.file.clone();
         let overrides = config.overrides.clone();
         let crd = config.crd.clone();
-        let loaded = tokio::task::spawn_blocking(move || -> Result<(Rules, Sources), LoadError> {
-            let sources = Sources::read(&file)?;
-            let rules = Rules::compile(&sources, &overrides)?;
-            if let Some(crd) = &crd {
-                rules.check_schema(crd)?;
-            }
-            Ok((rules, sources))
-        })
-        .await;
+        let known = in_force.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || -> Result<Option<(Rules, Sources)>, LoadError> {
+                let sources = Sources::read(&file)?;
+                if known.is_some_and(|k| *k == sources) {
+                    // the texts of the rules in force: nothing to compile (the periodic check
+                    // of an unchanged file costs a read, not a compilation)
+                    return Ok(None);
+                }
+                let rules = Rules::compile(&sources, &overrides)?;
+                if let Some(crd) = &crd {
+                    rules.check_schema(crd)?;
+                }
+                Ok(Some((rules, sources)))
+            })
+            .await;
         let loaded = match loaded {
             Ok(r) => r,
             Err(e) => {
@@ -270,15 +277,17 @@ async fn run(
                 continue;
             }
         };
+        // the rules in force, read again
+        let loaded = loaded.map(|l| l.filter(|(rules, _)| rules.revision != revision));
         let checked = match loaded {
-            Ok((rules, _)) if rules.revision == revision => {
+            Ok(None) => {
                 if last_rejected.take().is_some() {
                     // the broken change was reverted
                     state.lock().unwrap_or_else(|e| e.into_inner()).last_error = None;
                 }
                 continue;
             }
-            Ok((rules, sources)) => {
+            Ok(Some((rules, sources))) => {
                 let census = census.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let resources = census.map(|c| c()).unwrap_or_default();
                 match stranding_report(&tx.borrow(), &rules, &resources) {
@@ -301,7 +310,9 @@ async fn run(
                 }
                 last_rejected = None;
                 let rules = Arc::new(rules);
-                revisions.keep(&rules, Some(Arc::new(sources)));
+                let sources = Arc::new(sources);
+                in_force = Some(sources.clone());
+                revisions.keep(&rules, Some(sources));
                 let _ = tx.send(rules.clone());
                 prune(&revisions, &rules, &census);
             }
