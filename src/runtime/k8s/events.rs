@@ -179,7 +179,7 @@ mod tests {
             e.metadata.name.as_deref(),
             Some(format!("thing-1.{time:x}").as_str())
         );
-        let json = serde_json::to_value(&r.build(&ev, &reference())).unwrap();
+        let json = serde_json::to_value(r.build(&ev, &reference())).unwrap();
         assert_eq!(json["reportingController"], "the-controller");
         assert_eq!(json["regarding"]["resourceVersion"], "42");
     }
