@@ -5,12 +5,13 @@
 //!
 //! Predicates and paths read JSON, templates read minijinja values. Each datum the decision adds
 //! while it runs is held once as a [`Bound`] (its JSON and its template value, set together), so
-//! the two forms can never disagree; the observation's own data is converted once, up front.
+//! the two forms can never disagree. The observation's own objects reach templates as lazy values
+//! (`render::lazy`): read in place, each field converted only when a template reads it.
 //! It must not decide anything: the steps of a decision live in `decide.rs`.
 
 use super::{ActionError, Category, DecideError, ObjectKey, Observation, RelatedRequest};
 use crate::expr::{Env, Pred, PredError, Root};
-use crate::render::{RenderError, Tmpl};
+use crate::render::{RenderError, Tmpl, lazy};
 use crate::rules::{ActionRules, Deps, Rules, ValueKind};
 use minijinja::{Value as JValue, context};
 use serde_json::{Map, Value, json};
@@ -107,7 +108,9 @@ pub(super) struct Scope<'a> {
     children_value: std::cell::OnceCell<Value>,
     phase_value: Value,
     now_value: Value,
-    related: Bound,
+    /// The related lists read, by name, in both forms.
+    related: std::sync::Arc<Value>,
+    related_value: JValue,
     /// What the rules see of each lookup computed so far, by name.
     lookups: Bound,
     lookups_done: Vec<bool>,
@@ -121,6 +124,11 @@ pub(super) struct Scope<'a> {
     wake: Cell<Option<f64>>,
     /// Template context of what does not change during the decision.
     base: JValue,
+}
+
+/// The template value of an observed object: read in place, converted as templates read it.
+fn observed(json: &Value) -> JValue {
+    lazy(std::sync::Arc::new(json.clone()))
 }
 
 /// The phase a resource is in as `rules` read it: the phase its status names (through
@@ -158,25 +166,25 @@ impl<'a> Scope<'a> {
         let now_text = crate::time::format_secs(now);
         let attempt = super::attempts::observed_attempt(rules, &obs.resource);
         // the lock child is the execution object: converted once, shared by both names
-        let execution = JValue::from_serialize(&obs.execution);
+        let execution = obs.execution.as_ref().map_or(JValue::from(()), observed);
         let children: JValue = std::iter::once((rules.lock.clone(), execution.clone()))
             .chain(rules.children.iter().map(|c| {
                 let child = obs.children.get(&c.name).unwrap_or(&Value::Null);
-                (c.name.clone(), JValue::from_serialize(child))
+                (c.name.clone(), observed(child))
             }))
             .collect();
         let base = context! {
-            resource => JValue::from_serialize(&obs.resource),
+            resource => observed(&obs.resource),
             execution => execution,
             children => children,
             owned => JValue::from(owned),
             error => JValue::from_serialize(&error),
-            settings => JValue::from_serialize(&rules.settings),
+            settings => rules.settings_value(),
             phase => JValue::from(phase_name.as_str()),
             now => JValue::from(now_text.as_str()),
             attempt => JValue::from(attempt),
         };
-        let related = Value::Object(obs.related.clone());
+        let related = std::sync::Arc::new(Value::Object(obs.related.clone()));
         Scope {
             rules,
             obs,
@@ -191,10 +199,8 @@ impl<'a> Scope<'a> {
             attempt_value: Value::from(attempt),
             error,
             children_value: std::cell::OnceCell::new(),
-            related: Bound {
-                tmpl: JValue::from_serialize(&obs.related),
-                json: related,
-            },
+            related_value: lazy(related.clone()),
+            related,
             lookups: Bound {
                 json: Value::Object(Map::new()),
                 tmpl: JValue::from_serialize(Map::new()),
@@ -226,7 +232,7 @@ impl<'a> Scope<'a> {
         context! {
             values => self.values.all.clone(),
             validation => self.validation.tmpl.clone(),
-            related => self.related.tmpl.clone(),
+            related => self.related_value.clone(),
             lookups => self.lookups.tmpl.clone(),
             object => self.object.tmpl.clone(),
             vars => vars,
@@ -485,7 +491,7 @@ impl Env for Scope<'_> {
             Root::Resource => &self.obs.resource,
             Root::Execution => self.obs.execution.as_ref().unwrap_or(&self.null),
             Root::Owned => &self.owned_value,
-            Root::Related => &self.related.json,
+            Root::Related => &self.related,
             Root::Lookups => &self.lookups.json,
             Root::Error => &self.error,
             Root::Validation => &self.validation.json,

@@ -14,9 +14,11 @@ mod batch;
 pub mod chains;
 mod direct;
 mod filters;
+mod lazy;
 pub mod scan;
 
 pub use batch::Prefetched;
+pub use lazy::lazy;
 /// A template value (the context templates are rendered with).
 pub use minijinja::Value as JValue;
 use minijinja::{Environment, UndefinedBehavior};
@@ -486,6 +488,9 @@ impl Templates {
 pub fn to_json(v: &JValue) -> Value {
     if v.is_undefined() {
         return Value::Null;
+    }
+    if let Some(json) = lazy::json_of(v) {
+        return json;
     }
     serde_json::to_value(v).unwrap_or(Value::Null)
 }

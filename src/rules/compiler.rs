@@ -160,6 +160,7 @@ impl Compiler<'_> {
             metrics: raw.metrics.clone(),
             raw,
             templates: std::mem::take(&mut self.templates),
+            settings_value: crate::render::lazy(std::sync::Arc::new(settings.clone())),
             settings,
             resource,
             execution,

@@ -148,6 +148,8 @@ pub struct Rules {
     pub templates: Templates,
     /// Settings after overrides, as a JSON object.
     pub settings: Value,
+    /// The same settings as a template value, made once.
+    settings_value: crate::render::JValue,
     /// The governed resource.
     pub resource: ResourceRules,
     /// The execution object: the lock child (`execution`, or the child with `lock: true`).
@@ -197,6 +199,11 @@ impl Rules {
     /// Pure: reads no file, environment or clock.
     pub fn compile(sources: &Sources, overrides: &[(String, String)]) -> Result<Rules, LoadError> {
         compiler::compile(sources, overrides)
+    }
+
+    /// The settings as templates read them (`settings`), shared by every decision.
+    pub fn settings_value(&self) -> crate::render::JValue {
+        self.settings_value.clone()
     }
 
     /// Index of a phase by name.
