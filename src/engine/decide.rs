@@ -21,16 +21,18 @@ pub fn execution_key(rules: &Rules, resource: &Value, now: f64) -> Result<Object
         resource: resource.clone(),
         ..Observation::default()
     };
-    let d = Decider {
-        s: Scope::new(rules, &obs, now),
-    };
-    d.object_key().map_err(|e| match e {
-        Stop::Fail(e) => e,
-        Stop::Needs(_) => DecideError {
-            category: Category::TemplateError,
-            message: "the execution object's name cannot depend on related objects or lookups"
-                .into(),
-        },
+    crate::render::lend(|loan| {
+        let d = Decider {
+            s: Scope::new(rules, &obs, now, loan),
+        };
+        d.object_key().map_err(|e| match e {
+            Stop::Fail(e) => e,
+            Stop::Needs(_) => DecideError {
+                category: Category::TemplateError,
+                message: "the execution object's name cannot depend on related objects or lookups"
+                    .into(),
+            },
+        })
     })
 }
 
@@ -41,18 +43,30 @@ pub fn child_keys(rules: &Rules, resource: &Value, now: f64) -> Vec<Option<Objec
         resource: resource.clone(),
         ..Observation::default()
     };
-    let d = Decider {
-        s: Scope::new(rules, &obs, now),
-    };
-    (0..rules.children.len())
-        .map(|i| d.child_key(i).ok())
-        .collect()
+    crate::render::lend(|loan| {
+        let d = Decider {
+            s: Scope::new(rules, &obs, now, loan),
+        };
+        (0..rules.children.len())
+            .map(|i| d.child_key(i).ok())
+            .collect()
+    })
 }
 
 /// Decides what to do for one resource. Pure, total and deterministic.
 pub fn decide(rules: &Rules, obs: &Observation, now: f64) -> Decision {
+    // the observed objects are lent to templates for the decision, not copied
+    crate::render::lend(|loan| decide_with(rules, obs, now, loan))
+}
+
+fn decide_with<'a>(
+    rules: &'a Rules,
+    obs: &'a Observation,
+    now: f64,
+    loan: &crate::render::Loan<'a>,
+) -> Decision {
     let mut d = Decider {
-        s: Scope::new(rules, obs, now),
+        s: Scope::new(rules, obs, now, loan),
     };
     match d.run() {
         Ok(decision) => decision,

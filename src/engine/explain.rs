@@ -191,110 +191,112 @@ pub fn related_requests_all(
 /// Explains the decision `decide(rules, obs, now)` takes.
 pub fn explain(rules: &Rules, obs: &Observation, now: f64) -> Explanation {
     let decision = decide(rules, obs, now);
-    let mut s = Scope::new(rules, obs, now);
-    let recorded = |field: &Option<String>| {
-        field.as_ref().and_then(|f| {
-            obs.resource
-                .get("status")
-                .and_then(|st| st.get(f))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-    };
-    let recorded_revision = recorded(&rules.resource.status.revision);
-    let named_phase = recorded(&Some(rules.resource.status.phase.clone()));
-    let phase_index = phase_of(rules, &obs.resource).ok();
-    let recorded_phase = named_phase.filter(|p| *p != s.phase_name);
-    let (key, key_error) = match super::execution_key(rules, &obs.resource, now) {
-        Ok(k) => {
-            s.object
-                .set(serde_json::to_value(&k).unwrap_or(Value::Null));
-            (Some(k), None)
-        }
-        Err(e) => (None, Some(e.message)),
-    };
-    let execution = ExecutionView {
-        key,
-        key_error,
-        exists: obs.execution.is_some(),
-        owned: s.owned,
-    };
-    let children = rules
-        .children
-        .iter()
-        .enumerate()
-        .zip(super::child_keys(rules, &obs.resource, now))
-        .map(|((i, c), key)| {
-            let view = ExecutionView {
-                key_error: key
-                    .is_none()
-                    .then(|| format!("the name or namespace of child {} does not render", c.name)),
-                key,
-                exists: s.child(i).is_some(),
-                owned: s.child_owned(i),
-            };
-            (c.name.clone(), view)
-        })
-        .collect();
-    let phase = phase_index.map(|i| &rules.phases[i]);
-    let values = values(&mut s);
-    let validates = phase.is_some_and(|p| p.validate && !p.terminal);
-    let validation_result = if validates {
-        match validation(&mut s) {
-            Ok(()) => None,
-            Err(stop) => Some(stop_text(rules, stop)),
-        }
-    } else {
-        None
-    };
-    let validation = if validates {
-        match validation_result {
-            Some(e) => Some(serde_json::json!({ "error": e })),
-            None => Some(s.validation.json.clone()).filter(|v| !v.is_null()),
-        }
-    } else {
-        None
-    };
-    let mut transitions = Vec::new();
-    let mut cooldown = None;
-    if let Some(p) = phase {
-        if p.terminal {
-            cooldown = cooldown_view(&mut s, phase_index.unwrap_or(0));
+    crate::render::lend(|loan| {
+        let mut s = Scope::new(rules, obs, now, loan);
+        let recorded = |field: &Option<String>| {
+            field.as_ref().and_then(|f| {
+                obs.resource
+                    .get("status")
+                    .and_then(|st| st.get(f))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+        };
+        let recorded_revision = recorded(&rules.resource.status.revision);
+        let named_phase = recorded(&Some(rules.resource.status.phase.clone()));
+        let phase_index = phase_of(rules, &obs.resource).ok();
+        let recorded_phase = named_phase.filter(|p| *p != s.phase_name);
+        let (key, key_error) = match super::execution_key(rules, &obs.resource, now) {
+            Ok(k) => {
+                s.object
+                    .set(serde_json::to_value(&k).unwrap_or(Value::Null));
+                (Some(k), None)
+            }
+            Err(e) => (None, Some(e.message)),
+        };
+        let execution = ExecutionView {
+            key,
+            key_error,
+            exists: obs.execution.is_some(),
+            owned: s.owned,
+        };
+        let children = rules
+            .children
+            .iter()
+            .enumerate()
+            .zip(super::child_keys(rules, &obs.resource, now))
+            .map(|((i, c), key)| {
+                let view = ExecutionView {
+                    key_error: key.is_none().then(|| {
+                        format!("the name or namespace of child {} does not render", c.name)
+                    }),
+                    key,
+                    exists: s.child(i).is_some(),
+                    owned: s.child_owned(i),
+                };
+                (c.name.clone(), view)
+            })
+            .collect();
+        let phase = phase_index.map(|i| &rules.phases[i]);
+        let values = values(&mut s);
+        let validates = phase.is_some_and(|p| p.validate && !p.terminal);
+        let validation_result = if validates {
+            match validation(&mut s) {
+                Ok(()) => None,
+                Err(stop) => Some(stop_text(rules, stop)),
+            }
         } else {
-            transitions = transition_views(&mut s, p, &decision);
+            None
+        };
+        let validation = if validates {
+            match validation_result {
+                Some(e) => Some(serde_json::json!({ "error": e })),
+                None => Some(s.validation.json.clone()).filter(|v| !v.is_null()),
+            }
+        } else {
+            None
+        };
+        let mut transitions = Vec::new();
+        let mut cooldown = None;
+        if let Some(p) = phase {
+            if p.terminal {
+                cooldown = cooldown_view(&mut s, phase_index.unwrap_or(0));
+            } else {
+                transitions = transition_views(&mut s, p, &decision);
+            }
         }
-    }
-    let poll = phase.and_then(|p| p.poll.as_ref()).and_then(|t| {
-        rules
-            .templates
-            .text(t, &s.ctx(None, None))
-            .ok()
-            .filter(|x| !x.is_empty())
-    });
-    Explanation {
-        revision: rules.revision.clone(),
-        recorded_revision,
-        pinned_to: super::rollout::pinned_revision(rules, &obs.resource).map(str::to_string),
-        phase: s.phase_name.clone(),
-        recorded_phase,
-        phase_known: phase.is_some(),
-        terminal: phase.is_some_and(|p| p.terminal),
-        deleting: obs
-            .resource
-            .pointer("/metadata/deletionTimestamp")
-            .is_some_and(|v| !v.is_null()),
-        execution,
-        children,
-        error: obs.error.clone(),
-        validation,
-        validates,
-        transitions,
-        sync: phase.is_some_and(|p| p.sync.is_some()),
-        poll,
-        cooldown,
-        values,
-        decision: decision_view(decision, now),
-    }
+        let poll = phase.and_then(|p| p.poll.as_ref()).and_then(|t| {
+            rules
+                .templates
+                .text(t, &s.ctx(None, None))
+                .ok()
+                .filter(|x| !x.is_empty())
+        });
+        Explanation {
+            revision: rules.revision.clone(),
+            recorded_revision,
+            pinned_to: super::rollout::pinned_revision(rules, &obs.resource).map(str::to_string),
+            phase: s.phase_name.clone(),
+            recorded_phase,
+            phase_known: phase.is_some(),
+            terminal: phase.is_some_and(|p| p.terminal),
+            deleting: obs
+                .resource
+                .pointer("/metadata/deletionTimestamp")
+                .is_some_and(|v| !v.is_null()),
+            execution,
+            children,
+            error: obs.error.clone(),
+            validation,
+            validates,
+            transitions,
+            sync: phase.is_some_and(|p| p.sync.is_some()),
+            poll,
+            cooldown,
+            values,
+            decision: decision_view(decision, now),
+        }
+    })
 }
 
 fn stop_text(rules: &Rules, stop: Stop) -> String {

@@ -63,10 +63,12 @@ pub fn requests_all(rules: &Rules, resource: &Value, now: f64) -> Vec<LookupRequ
         resource: resource.clone(),
         ..super::Observation::default()
     };
-    let scope = Scope::new(rules, &obs, now);
-    (0..rules.lookups.len())
-        .filter_map(|i| request(&scope, i).ok())
-        .collect()
+    crate::render::lend(|loan| {
+        let scope = Scope::new(rules, &obs, now, loan);
+        (0..rules.lookups.len())
+            .filter_map(|i| request(&scope, i).ok())
+            .collect()
+    })
 }
 
 /// Whether `obj` is one the request asks for. Worlds may use it to find candidates; the engine

@@ -11,7 +11,7 @@
 
 use super::{ActionError, Category, DecideError, ObjectKey, Observation, RelatedRequest};
 use crate::expr::{Env, Pred, PredError, Root};
-use crate::render::{RenderError, Tmpl, lazy};
+use crate::render::{Loan, RenderError, Tmpl, lazy_copy};
 use crate::rules::{ActionRules, Deps, Rules, ValueKind};
 use minijinja::{Value as JValue, context};
 use serde_json::{Map, Value, json};
@@ -75,7 +75,7 @@ impl Bound {
 
     /// Sets both forms from `json`.
     pub fn set(&mut self, json: Value) {
-        self.tmpl = JValue::from_serialize(&json);
+        self.tmpl = lazy_copy(&json);
         self.json = json;
     }
 }
@@ -108,8 +108,9 @@ pub(super) struct Scope<'a> {
     children_value: std::cell::OnceCell<Value>,
     phase_value: Value,
     now_value: Value,
-    /// The related lists read, by name, in both forms.
-    related: std::sync::Arc<Value>,
+    /// The related lists read, by name: as a document, built on the first path that reads it,
+    /// and as a template value.
+    related: std::cell::OnceCell<Value>,
     related_value: JValue,
     /// What the rules see of each lookup computed so far, by name.
     lookups: Bound,
@@ -124,11 +125,6 @@ pub(super) struct Scope<'a> {
     wake: Cell<Option<f64>>,
     /// Template context of what does not change during the decision.
     base: JValue,
-}
-
-/// The template value of an observed object: read in place, converted as templates read it.
-fn observed(json: &Value) -> JValue {
-    lazy(std::sync::Arc::new(json.clone()))
 }
 
 /// The phase a resource is in as `rules` read it: the phase its status names (through
@@ -147,7 +143,7 @@ pub fn phase_of(rules: &Rules, resource: &Value) -> Result<usize, String> {
 }
 
 impl<'a> Scope<'a> {
-    pub fn new(rules: &'a Rules, obs: &'a Observation, now: f64) -> Scope<'a> {
+    pub fn new(rules: &'a Rules, obs: &'a Observation, now: f64, loan: &Loan<'a>) -> Scope<'a> {
         // a removed phase that `renamedPhases` maps is read as its new name, which the status
         // write then records
         let phase_name = match phase_of(rules, &obs.resource) {
@@ -166,15 +162,18 @@ impl<'a> Scope<'a> {
         let now_text = crate::time::format_secs(now);
         let attempt = super::attempts::observed_attempt(rules, &obs.resource);
         // the lock child is the execution object: converted once, shared by both names
-        let execution = obs.execution.as_ref().map_or(JValue::from(()), observed);
+        let execution = obs
+            .execution
+            .as_ref()
+            .map_or(JValue::from(()), |ex| loan.value(ex));
         let children: JValue = std::iter::once((rules.lock.clone(), execution.clone()))
             .chain(rules.children.iter().map(|c| {
                 let child = obs.children.get(&c.name).unwrap_or(&Value::Null);
-                (c.name.clone(), observed(child))
+                (c.name.clone(), loan.value(child))
             }))
             .collect();
         let base = context! {
-            resource => observed(&obs.resource),
+            resource => loan.value(&obs.resource),
             execution => execution,
             children => children,
             owned => JValue::from(owned),
@@ -184,7 +183,6 @@ impl<'a> Scope<'a> {
             now => JValue::from(now_text.as_str()),
             attempt => JValue::from(attempt),
         };
-        let related = std::sync::Arc::new(Value::Object(obs.related.clone()));
         Scope {
             rules,
             obs,
@@ -199,8 +197,13 @@ impl<'a> Scope<'a> {
             attempt_value: Value::from(attempt),
             error,
             children_value: std::cell::OnceCell::new(),
-            related_value: lazy(related.clone()),
-            related,
+            related_value: obs
+                .related
+                .iter()
+                .map(|(name, list)| (name.clone(), loan.value(list)))
+                .collect::<BTreeMap<String, JValue>>()
+                .into(),
+            related: std::cell::OnceCell::new(),
             lookups: Bound {
                 json: Value::Object(Map::new()),
                 tmpl: JValue::from_serialize(Map::new()),
@@ -226,9 +229,7 @@ impl<'a> Scope<'a> {
             Some((v, t)) => (v.clone(), t.clone()),
             None => (JValue::UNDEFINED, JValue::UNDEFINED),
         };
-        let item = item
-            .map(JValue::from_serialize)
-            .unwrap_or(JValue::UNDEFINED);
+        let item = item.map(lazy_copy).unwrap_or(JValue::UNDEFINED);
         context! {
             values => self.values.all.clone(),
             validation => self.validation.tmpl.clone(),
@@ -304,10 +305,10 @@ impl<'a> Scope<'a> {
                 let mut m: BTreeMap<String, JValue> = BTreeMap::new();
                 if let Value::Object(all) = &self.lookups.json {
                     for (k, v) in all {
-                        m.insert(k.clone(), JValue::from_serialize(v));
+                        m.insert(k.clone(), lazy_copy(v));
                     }
                 }
-                m.insert(l.name.clone(), JValue::from_serialize(&seen));
+                m.insert(l.name.clone(), lazy_copy(&seen));
                 JValue::from_object(m)
             };
             if let Value::Object(m) = &mut self.lookups.json {
@@ -348,7 +349,7 @@ impl<'a> Scope<'a> {
                 .unwrap_or_else(|| rule.default.clone()),
             ValueKind::List(p, f) => {
                 let items = self.filtered(p, f.as_ref()).map_err(ctx_err)?;
-                Value::Array(items.into_iter().map(|(_, v)| v).collect())
+                Value::Array(items.into_iter().map(|(_, v)| v.clone()).collect())
             }
             ValueKind::Count(p, f) => {
                 Value::from(self.filtered(p, f.as_ref()).map_err(ctx_err)?.len())
@@ -359,7 +360,7 @@ impl<'a> Scope<'a> {
                 .into_iter()
                 .next()
             {
-                Some((i, v)) => json!({"index": i, "value": v}),
+                Some((i, v)) => json!({"index": i, "value": v.clone()}),
                 None => rule.default.clone(),
             },
             ValueKind::Expr(id) | ValueKind::Template(id) => {
@@ -397,7 +398,7 @@ impl<'a> Scope<'a> {
         // convert only the new value; the map of template values shares the rest
         self.values
             .tmpl
-            .insert(rule.name.clone(), JValue::from_serialize(&result));
+            .insert(rule.name.clone(), lazy_copy(&result));
         self.values.all = JValue::from_object(self.values.tmpl.clone());
         if let Value::Object(m) = &mut self.values.json {
             m.insert(rule.name.clone(), result);
@@ -416,7 +417,7 @@ impl<'a> Scope<'a> {
         &self,
         p: &crate::expr::Path,
         f: Option<&Pred>,
-    ) -> Result<Vec<(usize, Value)>, DecideError> {
+    ) -> Result<Vec<(usize, &Value)>, DecideError> {
         let Some(doc) = p.root().and_then(|r| self.root(r)) else {
             return Ok(Vec::new());
         };
@@ -427,7 +428,7 @@ impl<'a> Scope<'a> {
                 None => true,
             };
             if keep {
-                out.push((i, item.clone()));
+                out.push((i, item));
             }
         }
         Ok(out)
@@ -491,7 +492,9 @@ impl Env for Scope<'_> {
             Root::Resource => &self.obs.resource,
             Root::Execution => self.obs.execution.as_ref().unwrap_or(&self.null),
             Root::Owned => &self.owned_value,
-            Root::Related => &self.related,
+            Root::Related => self
+                .related
+                .get_or_init(|| Value::Object(self.obs.related.clone())),
             Root::Lookups => &self.lookups.json,
             Root::Error => &self.error,
             Root::Validation => &self.validation.json,

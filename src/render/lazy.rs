@@ -1,26 +1,118 @@
 //! JSON documents as template values without converting them up front.
 //!
-//! [`lazy`] wraps a shared JSON document as a minijinja object: a map or list is read in place,
-//! and only what a template reads is converted (a scalar when it is read, a map or list as
-//! another such object pointing further into the same document). The values behave exactly as
-//! `Value::from_serialize` of the same JSON would: the same kinds and number types, `none` for
-//! null, undefined for a missing key, maps iterated (and printed, serialized, compared) in key
-//! order as minijinja's own maps are, lists with their length and negative indexes.
+//! A map or list becomes a minijinja object that reads the JSON in place: only what a template
+//! reads is converted (a scalar when it is read, a map or list as another such object pointing
+//! further into the same document). The values behave exactly as `Value::from_serialize` of the
+//! same JSON would: the same kinds and number types, `none` for null, undefined for a missing
+//! key, maps iterated (and printed, serialized, compared) in key order as minijinja's own maps
+//! are, lists with their length and negative indexes.
+//!
+//! A document is either shared ([`lazy`], [`lazy_copy`]: the value keeps it alive) or lent
+//! ([`lend`]: borrowed for the length of one call, so nothing is copied). A lent document's
+//! values are revoked when the call returns: a value that outlived it reads as an empty map and
+//! never touches the document again.
 
 use minijinja::Value as JValue;
 use minijinja::value::{Enumerator, Object, ObjectRepr};
 use serde_json::Value;
-use std::sync::Arc;
+use std::marker::PhantomData;
+use std::sync::{Arc, RwLock};
 
 /// The template value of `doc`: scalars converted, maps and lists read in place.
 pub fn lazy(doc: Arc<Value>) -> JValue {
     match &*doc {
-        Value::Object(_) | Value::Array(_) => JValue::from_object(Node {
-            doc,
-            path: Box::new([]),
-        }),
+        Value::Object(_) | Value::Array(_) => {
+            let at: *const Value = &*doc;
+            node(Owner::Shared(doc), at)
+        }
         scalar => scalar_value(scalar),
     }
+}
+
+/// The template value of a copy of `json` (a scalar converted at once, a map or list copied and
+/// read in place).
+pub fn lazy_copy(json: &Value) -> JValue {
+    match json {
+        Value::Object(_) | Value::Array(_) => lazy(Arc::new(json.clone())),
+        scalar => scalar_value(scalar),
+    }
+}
+
+/// Lends documents that live at least `'d` to templates for the length of `f`: each value
+/// [`Loan::value`] makes reads its document in place, and is revoked when `f` returns (or
+/// unwinds).
+pub fn lend<'d, R>(f: impl FnOnce(&Loan<'d>) -> R) -> R {
+    let loan = Loan {
+        valid: Arc::new(RwLock::new(true)),
+        lifetime: PhantomData,
+    };
+    let _revoke = Revoke(loan.valid.clone());
+    f(&loan)
+}
+
+/// Documents lent for one call of [`lend`].
+pub struct Loan<'d> {
+    /// Whether the documents may still be read; cleared, under the write lock, when the loan
+    /// ends. Every read of a lent document holds the read lock.
+    valid: Arc<RwLock<bool>>,
+    /// `'d` exactly (invariant): a document that lives less long cannot be lent.
+    lifetime: PhantomData<fn(&'d ()) -> &'d ()>,
+}
+
+impl<'d> Loan<'d> {
+    /// The template value of `doc`, read in place while the loan lasts.
+    pub fn value(&self, doc: &'d Value) -> JValue {
+        match doc {
+            Value::Object(_) | Value::Array(_) => node(Owner::Lent(self.valid.clone()), doc),
+            scalar => scalar_value(scalar),
+        }
+    }
+}
+
+/// Ends a loan when dropped.
+struct Revoke(Arc<RwLock<bool>>);
+
+impl Drop for Revoke {
+    fn drop(&mut self) {
+        let mut valid = self.0.write().unwrap_or_else(|e| e.into_inner());
+        *valid = false;
+    }
+}
+
+/// What keeps a node's document readable.
+#[derive(Debug, Clone)]
+enum Owner {
+    /// The node shares the document, which lives as long as any node does.
+    Shared(
+        #[expect(
+            dead_code,
+            reason = "held to keep the document alive, read through `at`"
+        )]
+        Arc<Value>,
+    ),
+    /// The document is lent: readable while the flag is set.
+    Lent(Arc<RwLock<bool>>),
+}
+
+/// A map or list inside a document.
+#[derive(Debug)]
+struct Node {
+    owner: Owner,
+    /// The node, inside the document `owner` keeps readable. Only read through [`Node::with`].
+    at: *const Value,
+}
+
+// SAFETY: a node only reads its JSON (`&Value` is `Send` and `Sync`), through `Node::with`, and
+// only while the document is alive: a shared document is kept alive by the node's own `Arc`,
+// which nobody mutates; a lent one is borrowed for `'d`, which outlasts the loan, and is read
+// only under the loan's read lock while its flag is set (the flag is cleared under the write
+// lock before `lend` returns).
+unsafe impl Send for Node {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Node {}
+
+fn node(owner: Owner, at: *const Value) -> JValue {
+    JValue::from_object(Node { owner, at })
 }
 
 /// The template value of a JSON scalar, as `Value::from_serialize` gives it (a map or list
@@ -44,73 +136,53 @@ fn scalar_value(v: &Value) -> JValue {
     }
 }
 
-/// A map or list inside a shared JSON document: the document, and the position of the node
-/// (at each level, the index of the entry in its map's order or in its list).
-#[derive(Debug)]
-struct Node {
-    doc: Arc<Value>,
-    path: Box<[u32]>,
-}
-
 impl Node {
-    /// The JSON this node stands for.
-    fn json(&self) -> &Value {
-        let mut v: &Value = &self.doc;
-        for &i in &*self.path {
-            let next = match v {
-                Value::Object(m) => m.values().nth(i as usize),
-                Value::Array(a) => a.get(i as usize),
-                _ => None,
-            };
-            // the path was taken from this same document, so every step is there
-            v = next.unwrap_or(&Value::Null);
+    /// `f` of the JSON this node stands for; `None` once a lent document's loan has ended.
+    fn with<R>(&self, f: impl FnOnce(&Value) -> R) -> Option<R> {
+        match &self.owner {
+            // SAFETY: `at` points into the document the `Arc` keeps alive (see `Send`)
+            Owner::Shared(_) => Some(f(unsafe { &*self.at })),
+            Owner::Lent(valid) => {
+                let valid = valid.read().ok()?;
+                // SAFETY: the loan is still on, and cannot end while the read lock is held
+                (*valid).then(|| f(unsafe { &*self.at }))
+            }
         }
-        v
     }
 
-    /// The template value of `child`, found at index `i` of this node.
-    fn child(&self, i: usize, child: &Value) -> JValue {
+    /// The template value of `child`, a node of this node's document.
+    fn child(&self, child: &Value) -> JValue {
         match child {
-            Value::Object(_) | Value::Array(_) => {
-                let mut path = Vec::with_capacity(self.path.len() + 1);
-                path.extend_from_slice(&self.path);
-                path.push(u32::try_from(i).unwrap_or(u32::MAX));
-                JValue::from_object(Node {
-                    doc: self.doc.clone(),
-                    path: path.into_boxed_slice(),
-                })
-            }
+            Value::Object(_) | Value::Array(_) => node(self.owner.clone(), child),
             scalar => scalar_value(scalar),
         }
     }
 
     /// The value of map key `key`, when this node is a map that has it.
     fn by_key(&self, key: &str) -> Option<JValue> {
-        let Value::Object(m) = self.json() else {
-            return None;
-        };
-        let (i, (_, v)) = m.iter().enumerate().find(|(_, (k, _))| k.as_str() == key)?;
-        Some(self.child(i, v))
+        self.with(|v| match v {
+            Value::Object(m) => m.get(key).map(|c| self.child(c)),
+            _ => None,
+        })
+        .flatten()
     }
 }
 
 impl Object for Node {
     fn repr(self: &Arc<Self>) -> ObjectRepr {
-        match self.json() {
-            Value::Array(_) => ObjectRepr::Seq,
+        match self.with(Value::is_array) {
+            Some(true) => ObjectRepr::Seq,
             _ => ObjectRepr::Map,
         }
     }
 
     fn get_value(self: &Arc<Self>, key: &JValue) -> Option<JValue> {
-        match self.json() {
-            Value::Object(_) => self.by_key(key.as_str()?),
-            Value::Array(a) => {
-                let i = key.as_usize()?;
-                a.get(i).map(|v| self.child(i, v))
-            }
+        self.with(|v| match v {
+            Value::Object(m) => m.get(key.as_str()?).map(|c| self.child(c)),
+            Value::Array(a) => a.get(key.as_usize()?).map(|c| self.child(c)),
             _ => None,
-        }
+        })
+        .flatten()
     }
 
     fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<JValue> {
@@ -118,7 +190,7 @@ impl Object for Node {
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
-        match self.json() {
+        self.with(|v| match v {
             Value::Object(m) => {
                 // minijinja's own maps iterate in key order
                 let mut keys: Vec<&String> = m.keys().collect();
@@ -127,15 +199,19 @@ impl Object for Node {
             }
             Value::Array(a) => Enumerator::Seq(a.len()),
             _ => Enumerator::Empty,
-        }
+        })
+        .unwrap_or(Enumerator::Empty)
     }
 
     fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
-        Some(match self.json() {
-            Value::Object(m) => m.len(),
-            Value::Array(a) => a.len(),
-            _ => 0,
-        })
+        Some(
+            self.with(|v| match v {
+                Value::Object(m) => m.len(),
+                Value::Array(a) => a.len(),
+                _ => 0,
+            })
+            .unwrap_or(0),
+        )
     }
 }
 
@@ -143,7 +219,7 @@ impl Object for Node {
 /// give), or `None` for any other value.
 pub fn json_of(v: &JValue) -> Option<Value> {
     let node = v.as_object()?.downcast_ref::<Node>()?;
-    Some(sorted(node.json()))
+    node.with(sorted)
 }
 
 /// A copy of `v` with every map's keys in order.
@@ -259,9 +335,17 @@ mod tests {
             json!(7),
             json!(null),
         ];
-        for d in docs {
-            let plain = minijinja::context! { r => JValue::from_serialize(&d) };
-            let lazy_ctx = minijinja::context! { r => lazy(Arc::new(d.clone())) };
+        for d in &docs {
+            lend(|loan| check(d, &exprs, loan));
+        }
+    }
+
+    fn check<'d>(d: &'d Value, exprs: &[&str], loan: &Loan<'d>) {
+        let plain = minijinja::context! { r => JValue::from_serialize(d) };
+        for lazy_ctx in [
+            minijinja::context! { r => lazy(Arc::new(d.clone())) },
+            minijinja::context! { r => loan.value(d) },
+        ] {
             for e in exprs {
                 let mut t = Templates::new();
                 for src in [format!("{{{{ {e} }}}}"), format!("[{{{{ {e} }}}}]")] {
@@ -288,10 +372,29 @@ mod tests {
                 assert_eq!(t.value(&tmpl, &plain), t.value(&tmpl, &lazy_ctx), "{src}");
             }
             assert_eq!(
-                to_json(&JValue::from_serialize(&d)),
-                to_json(&lazy(Arc::new(d.clone()))),
+                to_json(&JValue::from_serialize(d)),
+                to_json(&lazy_ctx.get_attr("r").unwrap())
             );
         }
+    }
+
+    #[test]
+    fn a_lent_value_that_outlives_its_loan_reads_nothing() {
+        let doc = json!({"a": {"b": 1}, "list": [1, 2]});
+        let (kept, inner) = lend(|loan| {
+            let v = loan.value(&doc);
+            let inner = v.get_attr("a").unwrap();
+            assert_eq!(inner.get_attr("b").unwrap(), JValue::from(1));
+            assert_eq!(v.len(), Some(2));
+            (v, inner)
+        });
+        assert_eq!(kept.len(), Some(0));
+        assert!(kept.get_attr("a").unwrap().is_undefined());
+        assert!(inner.get_attr("b").unwrap().is_undefined());
+        assert_eq!(to_json(&kept), json!({}));
+        // a shared document stays readable
+        let shared = lazy(Arc::new(doc.clone()));
+        assert_eq!(to_json(&shared), doc);
     }
 
     #[test]

@@ -18,7 +18,7 @@ mod lazy;
 pub mod scan;
 
 pub use batch::Prefetched;
-pub use lazy::lazy;
+pub use lazy::{Loan, lazy, lazy_copy, lend};
 /// A template value (the context templates are rendered with).
 pub use minijinja::Value as JValue;
 use minijinja::{Environment, UndefinedBehavior};
