@@ -64,9 +64,9 @@ pub async fn reconcile(obj: Arc<CompactResource>, ctx: Arc<Ctx>) -> Result<Actio
     let started = Instant::now();
     // the resource as the cache has it, decoded once for the whole reconcile
     let cached = obj.value();
-    // the latest rules, or the revision the resource is pinned to (`rollout`)
-    let status = serde_json::json!({"status": cached.get("status")});
-    let chosen = ctx.rules.choose(&status);
+    // the latest rules, or the revision the resource is pinned to (`rollout`; read from the
+    // resource's status, so the status is not copied out for it)
+    let chosen = ctx.rules.choose(&cached);
     let rules = chosen.rules;
     if let Some(unavailable) = &chosen.unavailable {
         super::revision_store::report_unavailable(
